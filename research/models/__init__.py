@@ -1,0 +1,1 @@
+"""Model assemblies over the shared transformer Block: encoder (BERT) and decoder (GPT)."""

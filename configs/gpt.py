@@ -1,0 +1,28 @@
+"""GPT-style left-to-right LM pretraining on the vendored Jane Austen corpus.
+
+  python -m research.main --config=configs/gpt.py:variant=tiny --workdir=/tmp/gpt_tiny
+
+variant: tiny / mini (laptop decoders with BERT-tiny / BERT-mini shapes), gpt1,
+gpt2-124m ... gpt2-1558m, gpt3-125m ... gpt3-175b (research/models/presets.py).
+
+Expected (variant=tiny, defaults, 2-core CPU): ~1 minute for 600 steps; held-out perplexity
+far below the unigram baseline (see README "Results").
+"""
+from configs import base
+
+
+def get_config(arg: str = ''):
+  args = base.parse_arg(arg, variant='tiny')
+  c = base.get_config()
+  v = args['variant']
+  base.apply_size(c, f'gpt-{v}' if v in ('tiny', 'mini') else v)
+  c.objective.name = 'clm'
+  c.data.max_seq_len = 128
+  c.train.steps = 600
+  c.train.batch_size = 32
+  c.train.eval_every = 200
+  c.checkpoint.every = 200
+  c.optim.learning_rate = 1e-3 if v in ('tiny', 'mini') else 2.5e-4
+  c.optim.warmup_steps = 60
+  c.optim.weight_decay = 0.1
+  return c.lock()

@@ -1,0 +1,51 @@
+"""Output heads that sit on a Stack's hidden states."""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.config import ModelConfig
+from research.models.layers import ACTIVATIONS, dense_init, layer_norm
+
+
+class Pooler(nn.Module):
+  """BERT Sec 3: the final hidden state of [CLS] through a tanh layer summarises the input."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, hidden):  # [batch, length, d_model] -> [batch, d_model]
+    dense = nn.Dense(self.cfg.d_model, dtype=self.cfg.compute_dtype, name='dense',
+                     kernel_init=dense_init(self.cfg.init_std, ('embed', 'mlp')),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))
+    return jnp.tanh(dense(hidden[:, 0]))
+
+
+class MlmHead(nn.Module):
+  """BERT's masked-LM head: dense + activation + LayerNorm, then the input embedding matrix
+  (tied) plus a per-token output bias (google-research/bert `get_masked_lm_output`)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, hidden, decode: Callable[[jax.Array], jax.Array]):
+    cfg = self.cfg
+    h = nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name='transform',
+                 kernel_init=dense_init(cfg.init_std, ('embed', 'mlp')),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(hidden)
+    h = layer_norm(cfg, 'norm')(ACTIVATIONS[cfg.activation](h))
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
+                      (cfg.vocab_size,))
+    return decode(h) + bias  # [..., vocab]
+
+
+class ClassifierHead(nn.Module):
+  """A linear layer from a summary vector to `num_classes` logits (BERT NSP; fine-tuning)."""
+  cfg: ModelConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes, dtype=self.cfg.compute_dtype, name='dense',
+                    kernel_init=dense_init(self.cfg.init_std, ('embed', None)))(x)
