@@ -1,0 +1,46 @@
+"""Causal language modelling: GPT's next-token prediction on packed text.
+
+Radford et al. 2018 (GPT), Sec 3.1: maximise sum_i log P(u_i | u_{i-k..i-1}).
+Documents are concatenated, each followed by an end-of-text token, and the
+stream is cut into fixed-length windows, as for GPT-2/GPT-3 ("documents
+separated by an end-of-text token", Brown et al. 2020, Sec 2.3 / Appendix
+B); no padding is ever needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pack_documents(documents_ids: list[list[int]], eos_id: int,
+                   seq_len: int) -> np.ndarray:
+  """Packs documents into windows of seq_len + 1 tokens.
+
+  Consecutive windows overlap by one token (window k starts at k * seq_len),
+  so every token of the stream except the first is a prediction target exactly
+  once; only the final partial window is dropped.
+
+  Args:
+    documents_ids: documents as flat lists of token ids.
+    eos_id: appended after every document, so the model learns where text ends
+      and does not condition one document on the previous one unawares.
+    seq_len: model sequence length L.
+
+  Returns:
+    int32 [N, seq_len + 1].
+  """
+  stream = np.fromiter(
+      (t for doc in documents_ids for t in (*doc, eos_id)), dtype=np.int32)
+  num_windows = max(0, (len(stream) - 1) // seq_len)
+  starts = np.arange(num_windows)[:, None] * seq_len  # [N, 1]
+  return stream[starts + np.arange(seq_len + 1)]  # [N, seq_len + 1]
+
+
+def clm_batch(windows: np.ndarray) -> dict[str, np.ndarray]:
+  """Inputs, next-token targets and weights from windows [..., L + 1]."""
+  windows = np.asarray(windows, dtype=np.int32)
+  return {
+      'input_ids': windows[..., :-1],  # [..., L]
+      'targets': windows[..., 1:],  # [..., L]
+      'weights': np.ones(windows[..., 1:].shape, np.float32),  # [..., L]
+  }
