@@ -31,7 +31,10 @@ def make_mesh(mesh_cfg) -> Mesh:
   if fsdp < 1 or data * fsdp != n:
     raise ValueError(f'mesh data={mesh_cfg.data} x fsdp={fsdp} does not cover the {n} devices; '
                      'set --config.mesh.data=-1 and an fsdp size that divides the device count')
-  return jax.make_mesh((data, fsdp), ('data', 'fsdp'))
+  # Auto axes: XLA's partitioner propagates shardings from the annotated inputs and params
+  # (explicit-sharding mode would require an out_sharding on every gather).
+  return jax.make_mesh((data, fsdp), ('data', 'fsdp'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

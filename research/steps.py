@@ -1,8 +1,9 @@
 """Pure train and eval steps, and the loss of each pretraining objective.
 
 `train_step(state, batch) -> (state, metrics)` is jitted once (train.py) with shardings and
-donation. Metrics are `{name: [total, weight]}` pairs so that batches, micro-batches and
-devices combine by plain addition; `summarize` divides at the end.
+donation. Loss terms are `{name: [total, weight]}` pairs so that batches, micro-batches and
+devices combine by plain addition; `means` divides at the end (train_step returns means,
+eval_step returns pairs that the caller sums over the held-out batches).
 """
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics['grad_norm'] = jnp.stack([optax.global_norm(grads), 1.0])
+  metrics = means(metrics, objective)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -142,11 +144,16 @@ def eval_step(params, batch: dict[str, jax.Array], *, model: nn.Module,
   return loss_terms(model, objective, params, batch, rng=None)
 
 
-def summarize(metrics: dict[str, Any], objective: Objective) -> dict[str, float]:
-  """[total, weight] pairs -> means; adds the total loss and, for LMs, perplexity."""
-  values = {k: float(v[0]) / max(float(v[1]), 1e-9) for k, v in metrics.items()}
+def means(metrics: dict[str, Any], objective: Objective) -> dict[str, Any]:
+  """[total, weight] pairs -> means, plus the total loss (encoders) or perplexity (LMs)."""
+  values = {k: v[0] / jnp.maximum(v[1], 1e-9) for k, v in metrics.items()}
   if objective.is_encoder:
     values['loss'] = sum(values[k] for k in _loss_keys(objective))
   else:
-    values['perplexity'] = float(jnp.exp(values['loss']))
+    values['perplexity'] = jnp.exp(values['loss'])
   return values
+
+
+def summarize(metrics: dict[str, Any], objective: Objective) -> dict[str, float]:
+  """Host floats of `means` (for eval results accumulated over many batches)."""
+  return {k: float(v) for k, v in means(metrics, objective).items()}

@@ -1,0 +1,62 @@
+"""Command-line entry point.
+
+  python -m research.main --config=configs/bert.py:variant=tiny --workdir=/tmp/bert \
+      [--config.train.steps=2000 ...] [--mode=train|eval]
+
+Re-running the same command resumes from the newest checkpoint in --workdir. Problems with
+the input (unknown config key, missing corpus, mismatched checkpoint, ...) end the run with a
+one-line `error:` message and exit status 2; nothing already saved is touched.
+"""
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from research import checkpointing, train
+from research.data import corpus
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the tokenizer.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Errors that describe bad input rather than a bug: reported in one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, corpus.CorpusError, checkpointing.CheckpointError)
+
+
+def run(config, workdir: str, mode: str) -> dict:
+  if mode == 'train':
+    return train.train_and_evaluate(config, workdir)
+  return train.evaluate_checkpoint(config, workdir)
+
+
+class _LibraryInfoFilter(logging.logging.Filter):
+  """Drops INFO chatter of JAX/Orbax/Grain internals (orbax logs every file it writes) so
+  progress lines stay readable; their warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or '/site-packages/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(),
+               jax.process_count())
+  try:
+    metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except USER_ERRORS as e:
+    logging.debug('traceback of the error below', exc_info=True)  # shown with --verbosity=1
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if metrics:
+    print(' '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,203 @@
+"""The training loop: build or restore, step, log, evaluate, checkpoint, resume.
+
+Everything stateful a resumed run needs is in the checkpoint: params, optimizer state, step,
+the dropout PRNG key (state.py) and the input iterator's position (data/pipeline.py). A run
+killed at any moment restarts from its last complete checkpoint and then follows exactly the
+trajectory the uninterrupted run would have (tests/test_train.py checks the losses match).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from research import checkpointing, flops, optim, reporting, sharding, state as state_lib, steps
+from research.data import corpus, pipeline, tokenizer as tokenizer_lib
+from research.models.config import ModelConfig
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config resolves to before any step runs (shared by train and eval)."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  tokenizer: tokenizer_lib.Tokenizer
+  train_docs: list
+  eval_docs: list
+  objective: steps.Objective
+  model_cfg: ModelConfig
+  model: Any
+  tx: Any
+  abstract_state: state_lib.TrainState
+  init_state: Any  # () -> TrainState
+
+
+def tokenizer_path(config, workdir: str) -> str:
+  return config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+  """Resolves data, tokenizer, model, optimizer and the sharded state layout."""
+  mesh = sharding.make_mesh(config.mesh)
+  objective = steps.Objective(config.objective.name, config.objective.max_predictions_per_seq)
+  train_docs, eval_docs = corpus.load_corpora(config)
+  tok = tokenizer_lib.load_or_train(
+      tokenizer_path(config, workdir),
+      lambda: (line for doc in train_docs for line in doc),
+      vocab_size=config.data.tokenizer.vocab_size,
+      model_type=config.data.tokenizer.model_type,
+      max_sentences=config.data.tokenizer.max_training_sentences)
+  vocab_size = config.model.vocab_size or tok.vocab_size
+  if vocab_size < tok.vocab_size:
+    raise ValueError(f'--config.model.vocab_size={vocab_size} is smaller than the tokenizer\'s '
+                     f'{tok.vocab_size} pieces; set it to 0 to follow the tokenizer')
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size)
+  model_cfg.check_length(config.data.max_seq_len)
+  model = steps.build_model(objective, model_cfg)
+  tx = optim.make_optimizer(config.optim, config.train.steps)
+  init_params = functools.partial(steps.init_params, model, objective, config.data.max_seq_len)
+  abstract, init = state_lib.sharded_init(init_params, tx, config.train.seed, mesh)
+  return Experiment(config, workdir, mesh, tok, train_docs, eval_docs, objective, model_cfg,
+                    model, tx, abstract, init)
+
+
+def _check_batch(name: str, size: int, mesh, accum: int = 1):
+  devices = mesh.devices.size
+  if size % (devices * accum) or size % jax.process_count():
+    raise ValueError(f'{name}={size} must be divisible by the {devices} devices'
+                     + (f' x {accum} accumulation steps' if accum > 1 else '')
+                     + '; pick a multiple')
+
+
+def make_eval_fn(exp: Experiment):
+  """Returns evaluate(params) -> summarized held-out metrics (jitted once)."""
+  config = exp.config
+  if not config.train.eval_batches or not exp.eval_docs:
+    return None
+  _check_batch('--config.train.eval_batch_size', config.train.eval_batch_size, exp.mesh)
+  batches = pipeline.make_eval_batches(config, exp.tokenizer, exp.eval_docs,
+                                       batch_size=config.train.eval_batch_size,
+                                       max_batches=config.train.eval_batches)
+  shardings = state_lib.shardings_of(exp.abstract_state)
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=exp.model,
+                                        objective=exp.objective),
+                      in_shardings=(shardings.params, sharding.batch_sharding(exp.mesh)))
+
+  def evaluate(params) -> dict[str, float]:
+    total = None
+    for batch in batches:
+      m = eval_step(params, sharding.global_batch(batch, exp.mesh))
+      total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
+    return steps.summarize(jax.device_get(total), exp.objective)
+
+  return evaluate
+
+
+def flops_per_step(model_cfg: ModelConfig, objective: steps.Objective, batch_size: int,
+                   seq_len: int) -> float:
+  """Model FLOPs of one training step (forward + backward) over the global batch."""
+  per_token = flops.transformer_flops_per_token(
+      num_layers=model_cfg.num_layers, d_model=model_cfg.d_model, d_ff=model_cfg.d_ff,
+      num_heads=model_cfg.num_heads, seq_len=seq_len, vocab_size=model_cfg.vocab_size,
+      training=True)
+  if objective.is_encoder:
+    # The MLM head projects only max_predictions rows per sequence onto the vocabulary.
+    unused = max(1 - objective.max_predictions / seq_len, 0.0)
+    per_token -= 6 * model_cfg.d_model * model_cfg.vocab_size * unused
+  return per_token * batch_size * seq_len
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains to config.train.steps (resuming if workdir holds a checkpoint); returns final eval."""
+  os.makedirs(workdir, exist_ok=True)
+  exp = build(config, workdir)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    reporting.write_run_info(workdir, config)
+  _check_batch('--config.train.batch_size', config.train.batch_size, exp.mesh,
+               config.train.grad_accum_steps)
+
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
+  dataset = pipeline.make_train_dataset(
+      config, exp.tokenizer, exp.train_docs,
+      batch_size=config.train.batch_size // jax.process_count(),
+      shard_index=jax.process_index(), shard_count=jax.process_count())
+  data_iter = iter(dataset)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = exp.init_state()
+  else:
+    state, data_state = ckpt.restore(exp.abstract_state)
+    data_iter.set_state(data_state)
+    logging.info('resumed from step %d of %s', latest, workdir)
+
+  shardings = state_lib.shardings_of(exp.abstract_state)
+  train_step = jax.jit(
+      functools.partial(steps.train_step, model=exp.model, objective=exp.objective, tx=exp.tx,
+                        grad_accum_steps=config.train.grad_accum_steps),
+      in_shardings=(shardings, sharding.batch_sharding(exp.mesh)),
+      out_shardings=(shardings, None), donate_argnums=0)
+  evaluate = make_eval_fn(exp)
+
+  start = int(state.step)
+  reporter = reporting.Reporter(
+      workdir, total_steps=config.train.steps, log_every=config.train.log_every,
+      flops_per_step=flops_per_step(exp.model_cfg, exp.objective, config.train.batch_size,
+                                    config.data.max_seq_len),
+      peak_flops=flops.peak_flops(exp.model_cfg.dtype),
+      tokens_per_step=config.train.batch_size * config.data.max_seq_len, start_step=start,
+      is_chief=is_chief)
+  if start == 0:
+    baseline = pipeline.unigram_baseline(exp.tokenizer, exp.train_docs, exp.eval_docs)
+    reporter.log_event(0, event='start', params=state_lib.param_count(state.params),
+                       **{f'baseline/{k}': v for k, v in baseline.items()})
+  else:
+    reporter.log_event(start, event='resumed')
+
+  eval_metrics = {}
+  for step in range(start, config.train.steps):
+    batch = sharding.global_batch(next(data_iter), exp.mesh)
+    state, metrics = train_step(state, batch)
+    done = step + 1
+    reporter.train(done, metrics)
+    last = done == config.train.steps
+    if evaluate and (done % config.train.eval_every == 0 or last):
+      eval_metrics = evaluate(state.params)
+      reporter.eval(done, eval_metrics)
+    if done % config.checkpoint.every == 0 or last:
+      ckpt.save(done, state, data_iter.get_state())
+  ckpt.wait()
+  ckpt.close()
+  reporter.close()
+  if not eval_metrics and evaluate:  # already at the final step when started
+    eval_metrics = evaluate(state.params)
+  return eval_metrics
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """`--mode=eval`: held-out metrics of the workdir's latest checkpoint, appended to metrics.jsonl."""
+  exp = build(config, workdir)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
+  step = ckpt.latest_step()
+  if step is None:
+    raise checkpointing.CheckpointError(f'no checkpoint in {workdir}/checkpoints; train first '
+                                        'or point --workdir at a trained run')
+  state, _ = ckpt.restore(exp.abstract_state)
+  evaluate = make_eval_fn(exp)
+  if evaluate is None:
+    raise ValueError('nothing to evaluate: set --config.train.eval_batches > 0 and a corpus '
+                     'with held-out documents')
+  metrics = evaluate(state.params)
+  reporter = reporting.Reporter(workdir, total_steps=step, log_every=1, flops_per_step=None,
+                                peak_flops=None, tokens_per_step=0,
+                                is_chief=jax.process_index() == 0)
+  reporter.eval(step, metrics)
+  reporter.close()
+  ckpt.close()
+  return metrics
