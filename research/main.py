@@ -9,6 +9,7 @@ one-line `error:` message and exit status 2; nothing already saved is touched.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -22,10 +23,25 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the tokenizer.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'What to run.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'host:port of process 0 for a multi-process run (auto-detected under SLURM).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors that describe bad input rather than a bug: reported in one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, corpus.CorpusError, checkpointing.CheckpointError)
+
+
+def init_distributed():
+  """Joins a multi-process (multi-host) run; every process then sees one global mesh."""
+  if not _COORDINATOR.value and int(os.environ.get('SLURM_NTASKS', '1')) <= 1:
+    return
+  # CPU processes need a collectives backend of their own; accelerators ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
 def run(config, workdir: str, mode: str) -> dict:
@@ -46,6 +62,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  init_distributed()
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(),
                jax.process_count())
   try:
