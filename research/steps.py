@@ -99,7 +99,8 @@ def _loss_keys(objective: Objective) -> tuple[str, ...]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                objective: Objective, tx: optax.GradientTransformation,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum_steps: int = 1,
+               schedule: optax.Schedule | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch`, optionally as `grad_accum_steps` sequential micro-batches.
 
   Each loss term is normalised by its weight over the *whole* batch before differentiating,
@@ -136,6 +137,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   metrics = means(metrics, objective)
   metrics['grad_norm'] = optax.tree.norm(grads)
+  if schedule is not None:
+    metrics['learning_rate'] = schedule(state.step)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
