@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from configs import bert as bert_config, gpt as gpt_config
-from research import checkpointing, generate, train
+from research import checkpointing, generate, reporting, train
 from research.data import pipeline
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Where both runs live.')
@@ -24,7 +24,7 @@ _PROMPT = flags.DEFINE_string('prompt', 'It is a truth universally acknowledged,
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # keep the demo output to progress lines and results
+  reporting.quiet_library_logs()
   results = {}
   for name, config in (('bert', bert_config.get_config('variant=tiny')),
                        ('gpt', gpt_config.get_config('variant=tiny'))):

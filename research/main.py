@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research import checkpointing, train
+from research import checkpointing, reporting, train
 from research.data import corpus
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
@@ -50,18 +50,10 @@ def run(config, workdir: str, mode: str) -> dict:
   return train.evaluate_checkpoint(config, workdir)
 
 
-class _LibraryInfoFilter(logging.logging.Filter):
-  """Drops INFO chatter of JAX/Orbax/Grain internals (orbax logs every file it writes) so
-  progress lines stay readable; their warnings and errors still show."""
-
-  def filter(self, record):
-    return record.levelno >= logging.logging.WARNING or '/site-packages/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  reporting.quiet_library_logs()
   init_distributed()
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(),
                jax.process_count())

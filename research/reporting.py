@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import datetime
 import importlib.metadata
 import json
+import logging as python_logging
 import math
 import os
 import pathlib
@@ -263,3 +264,15 @@ def _git_revision(directory: pathlib.Path) -> dict[str, Any]:
   except (OSError, subprocess.SubprocessError):
     return {'revision': 'unknown', 'dirty': None}
   return {'revision': revision, 'dirty': dirty}
+
+
+class _LibraryInfoFilter(python_logging.Filter):
+  """Drops INFO records of installed libraries (Orbax logs every file it writes)."""
+
+  def filter(self, record):
+    return record.levelno >= python_logging.WARNING or '/site-packages/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Keeps the console to this project's progress lines plus every library warning/error."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
