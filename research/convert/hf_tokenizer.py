@@ -1,0 +1,125 @@
+"""Imported vocabularies (BERT's WordPiece, GPT-2's byte-level BPE) behind our Tokenizer interface.
+
+research/data/tokenizer.py's SentencePiece `Tokenizer` is what the pipelines, fine-tuning and
+generation call; `HFTokenizer` offers the same attributes and methods over a `tokenizers`
+pipeline, so an imported checkpoint runs with the vocabulary it was trained with. Special ids
+the vocabulary lacks are None (GPT-2 has no [CLS]/[SEP]/[MASK]; BERT has no BOS/EOS).
+
+WordPiece: Wu et al. 2016 Sec 4.1 as used by BERT (Sec 3, 30k vocabulary), lower-casing and
+punctuation splitting first. Byte-level BPE: GPT-2 Sec 2.2 (BPE over bytes, so nothing is
+ever unknown).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from research.convert.hf_checkpoint import ConversionError
+
+TOKENIZER_FILE = 'tokenizer.json'
+TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
+BERT_SPECIALS = dict(pad='[PAD]', unk='[UNK]', cls='[CLS]', sep='[SEP]', mask='[MASK]')
+GPT2_END_OF_TEXT = '<|endoftext|>'
+
+
+class HFTokenizer:
+  """A `tokenizers.Tokenizer` with named special ids; encode() adds no special tokens."""
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, **specials: str | None):
+    """specials: pad/unk/bos/eos/cls/sep/mask -> the token's string (or None: absent)."""
+    self._tok = tokenizer
+    self._specials = {k: v for k, v in specials.items() if v is not None}
+
+    def id_of(name: str) -> int | None:
+      token = self._specials.get(name)
+      if token is not None and tokenizer.token_to_id(token) is None:
+        raise ConversionError(f'the vocabulary has no {token!r} token ({name}); is it the '
+                              "checkpoint's own vocabulary?")
+      return None if token is None else tokenizer.token_to_id(token)
+
+    self.pad_id, self.unk_id, self.bos_id = id_of('pad'), id_of('unk'), id_of('bos')
+    self.eos_id, self.cls_id = id_of('eos'), id_of('cls')
+    self.sep_id, self.mask_id = id_of('sep'), id_of('mask')
+    # Registered as special: kept whole in input text ("[MASK]"), dropped by decode().
+    tokenizer.add_special_tokens(sorted(set(self._specials.values())))
+
+  @classmethod
+  def load_wordpiece(cls, directory: str) -> 'HFTokenizer':
+    """BERT: tokenizer.json if present, else vocab.txt (+ tokenizer_config.json's do_lower_case)."""
+    json_path = os.path.join(directory, TOKENIZER_FILE)
+    if os.path.exists(json_path):
+      return cls(tokenizers.Tokenizer.from_file(json_path), **BERT_SPECIALS)
+    vocab_path = os.path.join(directory, 'vocab.txt')
+    if not os.path.exists(vocab_path):
+      raise ConversionError(f'{directory} has neither {TOKENIZER_FILE} nor vocab.txt; copy the '
+                            "checkpoint's vocabulary beside its config.json")
+    options = _tokenizer_config(directory)
+    tok = tokenizers.Tokenizer(models.WordPiece(models.WordPiece.read_file(vocab_path),
+                                                unk_token=BERT_SPECIALS['unk']))
+    tok.normalizer = normalizers.BertNormalizer(
+        lowercase=options.get('do_lower_case', True), strip_accents=options.get('strip_accents'),
+        handle_chinese_chars=options.get('tokenize_chinese_chars', True))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return cls(tok, **BERT_SPECIALS)
+
+  @classmethod
+  def load_byte_level_bpe(cls, directory: str) -> 'HFTokenizer':
+    """GPT-2: tokenizer.json if present, else vocab.json + merges.txt."""
+    json_path = os.path.join(directory, TOKENIZER_FILE)
+    specials = dict(bos=GPT2_END_OF_TEXT, eos=GPT2_END_OF_TEXT,
+                    # GPT-2 has no padding token; padded slots are masked out, so the
+                    # end-of-text id serves (as in transformers' generate).
+                    pad=GPT2_END_OF_TEXT)
+    if os.path.exists(json_path):
+      return cls(tokenizers.Tokenizer.from_file(json_path), **specials)
+    vocab, merges = (os.path.join(directory, f) for f in ('vocab.json', 'merges.txt'))
+    missing = [os.path.basename(p) for p in (vocab, merges) if not os.path.exists(p)]
+    if missing:
+      raise ConversionError(f'{directory} has no {TOKENIZER_FILE} and lacks '
+                            f'{" and ".join(missing)}; copy the checkpoint\'s vocabulary beside '
+                            'its config.json')
+    tok = tokenizers.Tokenizer(models.BPE(*models.BPE.read_file(vocab, merges)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return cls(tok, **specials)
+
+  def save(self, directory: str):
+    """Writes the vocabulary in its original layout (vocab.txt, or vocab.json + merges.txt)
+    plus tokenizer.json, which `transformers` reads directly."""
+    os.makedirs(directory, exist_ok=True)
+    self._tok.model.save(directory)
+    self._tok.save(os.path.join(directory, TOKENIZER_FILE))
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def special_ids(self) -> tuple[int, ...]:
+    return tuple(sorted({self._tok.token_to_id(t) for t in self._specials.values()}))
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`, skipping special tokens."""
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def id_to_piece(self, token_id: int) -> str:
+    return self._tok.id_to_token(int(token_id))
+
+
+def _tokenizer_config(directory: str) -> dict:
+  path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
