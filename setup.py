@@ -29,6 +29,9 @@ setup(
         "convert": ["safetensors>=0.8,<0.9", "tokenizers>=0.23,<0.24"],
         # Sweep collection plots.
         "plot": ["matplotlib>=3.11,<4"],
+        # Only research/convert/make_fixtures.py (regenerates tests/fixtures); never imported
+        # by the package or the tests.
+        "dev": ["torch==2.13.0", "transformers>=5,<6"],
         "test": [
             "pytest>=9,<10",
             "safetensors>=0.8,<0.9",
