@@ -49,6 +49,12 @@ def state_shardings(abstract_boxed_state, mesh: Mesh):
   return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_RULES)
 
 
+def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of a batch that every process holds in full (eval)."""
+  count, index = jax.process_count(), jax.process_index()
+  return {k: np.array_split(v, count)[index] for k, v in batch.items()}
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's slice of the batch into one array sharded over the mesh."""
   sharding = batch_sharding(mesh)

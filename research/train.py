@@ -92,7 +92,7 @@ def make_eval_fn(exp: Experiment):
   def evaluate(params) -> dict[str, float]:
     total = None
     for batch in batches:
-      m = eval_step(params, sharding.global_batch(batch, exp.mesh))
+      m = eval_step(params, sharding.global_batch(sharding.process_rows(batch), exp.mesh))
       total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
     return steps.summarize(jax.device_get(total), exp.objective)
 

@@ -225,3 +225,31 @@ def test_checkpoint_of_another_shape_is_one_line_error_and_kept(small_corpus, tm
   result = run_main(*args, '--config.model.d_model=64', '--config.model.d_ff=128')
   assert_one_line_error(result, 'fresh --workdir')
   assert sorted(str(p) for p in (tmp_path / 'checkpoints').rglob('*')) == before
+
+
+def test_two_processes_form_one_mesh_and_match_one_process(small_corpus, tmp_path):
+  """Multi-host code path: 2 processes x 2 CPU devices (gloo) = one 4-device mesh.
+
+  Each process loads rows i::2 of the global batch, so rows sit in another order on the mesh
+  than in a one-process run; without dropout the step is the same computation."""
+  args = ['--config=configs/gpt.py:variant=tiny', *tiny_overrides(small_corpus, steps=3),
+          '--config.model.dropout=0', '--config.model.attention_dropout=0']
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  port = 20000 + os.getpid() % 20000
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'research.main', *args, f'--workdir={tmp_path}/multi',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  single = run_main(*args, f'--workdir={tmp_path}/single',
+                    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert single.returncode == 0, single.stderr[-3000:]
+  final = lambda text: dict(kv.split('=') for kv in text.strip().splitlines()[-1].split())
+  multi0, multi1, one = final(outputs[0][0]), final(outputs[1][0]), final(single.stdout)
+  assert multi0 == multi1
+  assert multi0.keys() == one.keys()
+  for key in one:
+    assert float(multi0[key]) == pytest.approx(float(one[key]), rel=1e-4), key
