@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= workdirs/demo
 
-.PHONY: demo test install bench clean-demo
+.PHONY: demo test install bench repro-table5 clean-demo
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m research.benchmarks.train_throughput
+
+# BERT Table 5 "why bidirectional" in miniature: pretrain 3 models, fine-tune 5 settings x
+# 3 tasks x 3 seeds, write runs/table5/table.md + table.png (configs/repro/bert_table5.py).
+repro-table5: $(STAMP)
+	$(PY) -m launch.repro --config=configs/repro/bert_table5.py:variant=tiny --root=runs/table5
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -11,7 +11,7 @@ setup(
     description="Why is BERT not GPT? Encoders, decoders and encoder-decoders in one JAX/Flax codebase.",
     python_requires=">=3.10",
     packages=find_packages(include=["research", "research.*", "launch", "launch.*"]),
-    package_data={"research.data": ["assets/*"]},
+    package_data={"research.data": ["assets/*", "assets/*/*"]},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12.8,<0.13",

@@ -1,7 +1,11 @@
 """Command-line entry point.
 
   python -m research.main --config=configs/bert.py:variant=tiny --workdir=/tmp/bert \
-      [--config.train.steps=2000 ...] [--mode=train|eval]
+      [--config.train.steps=2000 ...] [--mode=train|eval|generate]
+  python -m research.main --config=configs/finetune.py:task=sentiment,init_from=/tmp/bert \
+      --workdir=/tmp/bert_sentiment
+  python -m research.main --config=configs/gpt.py:variant=tiny --workdir=/tmp/gpt \
+      --mode=generate --prompt="It is a truth" --max_new_tokens=40 --temperature=0.8 --top_p=0.9
 
 Re-running the same command resumes from the newest checkpoint in --workdir. Problems with
 the input (unknown config key, missing corpus, mismatched checkpoint, ...) end the run with a
@@ -16,13 +20,26 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research import checkpointing, reporting, train
+from research import checkpointing, finetune, generate, incontext, reporting, train
 from research.data import corpus
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the tokenizer.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'What to run.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'generate'],
+    'train: pretrain, or fine-tune when the config has a `task` section (configs/finetune.py); '
+    'eval: held-out metrics of the newest checkpoint (decoders add in-context evaluation); '
+    'generate: continue --prompt / --prompts_file with a trained decoder.')
+_PROMPT = flags.DEFINE_multi_string('prompt', None, 'generate: a prompt (repeatable).')
+_PROMPTS_FILE = flags.DEFINE_string('prompts_file', None, 'generate: a file of prompts, one a line.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'generate: tokens to add per prompt.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'generate: 0 = greedy, >0 = sampling.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'generate: sample among the k most probable tokens.')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'generate: nucleus sampling mass.')
+_NUM_BEAMS = flags.DEFINE_integer('num_beams', 1, 'generate: beam width (>1 = beam search).')
+_LENGTH_PENALTY = flags.DEFINE_float('length_penalty', 0.6, 'generate: GNMT beam length penalty.')
+_SEED = flags.DEFINE_integer('seed', 0, 'generate: sampling seed.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None,
     'host:port of process 0 for a multi-process run (auto-detected under SLURM).')
@@ -44,10 +61,24 @@ def init_distributed():
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
-def run(config, workdir: str, mode: str) -> dict:
+def run(config, workdir: str, mode: str):
+  is_finetune = 'task' in config
   if mode == 'train':
-    return train.train_and_evaluate(config, workdir)
-  return train.evaluate_checkpoint(config, workdir)
+    return (finetune.run_finetune if is_finetune else train.train_and_evaluate)(config, workdir)
+  if mode == 'eval':
+    if is_finetune:
+      return finetune.evaluate_finetuned(config, workdir)
+    metrics = train.evaluate_checkpoint(config, workdir)
+    if config.objective.name == 'clm':
+      metrics.update(incontext.run_incontext_eval(config, workdir))
+    return metrics
+  texts = generate.run_generate(
+      config, workdir, _PROMPT.value, _PROMPTS_FILE.value, max_new_tokens=_MAX_NEW.value,
+      temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+      num_beams=_NUM_BEAMS.value, length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
+  for text in texts:
+    print(text)
+  return None
 
 
 def main(argv):
@@ -64,7 +95,8 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if metrics:
-    print(' '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
+    print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in sorted(metrics.items())))
 
 
 if __name__ == '__main__':

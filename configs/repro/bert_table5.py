@@ -1,0 +1,147 @@
+"""BERT Table 5 ("Effect of Pre-training Tasks") in miniature: is bidirectionality the point?
+
+  python -m launch.repro --config=configs/repro/bert_table5.py:variant=tiny    # the one command
+
+Pretraining, with equal compute (same steps x batch x sequence length), the same corpus,
+tokenizer, architecture and optimizer; only the objective (and so the attention mask) differs:
+  (a) objective=mlm_nsp  BERT: masked LM + next-sentence prediction (Sec 3.1)
+  (b) objective=mlm      "No NSP"
+  (c) objective=clm      "LTR & No NSP": a left-to-right LM, i.e. the same Block stack with a
+                         causal mask (research/models/attention.py)
+Fine-tuning (settings), each on the vendored sentiment (~SST-2), paraphrase (~MRPC, accuracy
+as in Table 5) and POS-tagging tasks, over `seeds` seeds, scored on dev:
+  mlm_nsp, mlm, ltr        (a), (b), (c) with one linear head (ltr: GPT-1's last-token
+                           classifier; no auxiliary LM loss, so only pretraining differs)
+  ltr_bilstm               (d) = (c) + a randomly initialised BiLSTM under the head
+                           (Table 5 "+ BiLSTM")
+  scratch                  the encoder from random weights: what pretraining adds at all
+launch/repro.py runs both stages (launch/sweep.py, skipping finished runs) and writes the
+table of mean ± std beside the paper's numbers, and a plot.
+
+arg: variant=tiny|base; stage=pretrain|finetune (the sweep stage); objective= (pretrain);
+task=, setting= (finetune); pretrained=DIR (where the pretraining runs live, named
+`objective=<name>` by launch/sweep.py); seeds=3; corpus= (default: vendored Austen);
+pretrain_steps= / finetune_steps= (0: the variant's value; smaller for a quick check).
+
+variant=tiny: BERT-tiny shape (2 layers, d=128), 1,500 pretraining steps of 32 x 128 tokens
+(~7 passes over Austen), then 300 fine-tuning steps of 32 examples at lr 1e-3; 3 tasks x 5
+settings x 3 seeds = 45 fine-tuning runs. Wall time: ~1 h on an idle 2-core CPU (estimated from
+the rates measured on a shared one, where it takes ~1 h 45 min). Expected at this scale (README
+"Reproductions"): pretraining beats random weights on paraphrase but not on sentiment (Austen
+is far from movie reviews), and the left-to-right LM is not behind: 1,500 steps are too few for
+MLM, which learns from 15% of the tokens, to catch up with an LM learning from all of them.
+variant=base: the paper's recipe (BERT_BASE, Sec 3 and A.2-A.3): 1M pretraining steps of
+256 x 128 tokens (the paper's last 10% at 512 tokens is not reproduced), Adam 1e-4, 10k warmup;
+fine-tuning 3 epochs, batch 32, lr 3e-5. Give it a large corpus (corpus=PATH); Austen is 0.7M
+words. Paper (BERT_BASE dev, Table 5): see PAPER below.
+"""
+from configs import base, finetune
+from launch import hyper
+
+OBJECTIVES = ('mlm_nsp', 'mlm', 'clm')
+TASKS = ('sentiment', 'paraphrase', 'tagging')
+# setting -> (pretraining objective or None for random init, BiLSTM under the head)
+SETTINGS = {'mlm_nsp': ('mlm_nsp', False), 'mlm': ('mlm', False), 'ltr': ('clm', False),
+            'ltr_bilstm': ('clm', True), 'scratch': (None, False)}
+SPLIT_SUFFIX = {'sentiment': 'tsv.gz', 'paraphrase': 'tsv.gz', 'tagging': 'txt.gz'}
+# The table's headline metric per task (Table 5 reports accuracy for MRPC and SST-2).
+METRICS = {'sentiment': 'dev/accuracy', 'paraphrase': 'dev/accuracy', 'tagging': 'dev/accuracy'}
+# BERT paper Table 5 (BERT_BASE, dev sets): accuracy except SQuAD v1.1 F1.
+PAPER = {
+    'mlm_nsp': {'MNLI-m': 84.4, 'QNLI': 88.4, 'MRPC': 86.7, 'SST-2': 92.7, 'SQuAD': 88.5},
+    'mlm': {'MNLI-m': 83.9, 'QNLI': 84.9, 'MRPC': 86.5, 'SST-2': 92.6, 'SQuAD': 87.9},
+    'ltr': {'MNLI-m': 82.1, 'QNLI': 84.3, 'MRPC': 77.5, 'SST-2': 92.1, 'SQuAD': 77.8},
+    'ltr_bilstm': {'MNLI-m': 82.1, 'QNLI': 84.1, 'MRPC': 75.7, 'SST-2': 91.6, 'SQuAD': 84.9},
+}
+PAPER_ROW_NAMES = {'mlm_nsp': 'BERT_BASE (MLM+NSP)', 'mlm': 'No NSP', 'ltr': 'LTR & No NSP',
+                   'ltr_bilstm': '+ BiLSTM', 'scratch': '(no pre-training)'}
+# Our task closest to a Table 5 column (tagging, token-level, stands beside SQuAD).
+ANALOGUE = {'sentiment': 'SST-2', 'paraphrase': 'MRPC', 'tagging': 'SQuAD'}
+
+VARIANTS = {
+    'tiny': dict(size='tiny', pretrain_steps=1500, batch=32, lr=1e-3, warmup=150,
+                 finetune_steps=300, finetune_lr=1e-3),
+    'base': dict(size='base', pretrain_steps=1_000_000, batch=256, lr=1e-4, warmup=10_000,
+                 finetune_steps=0, finetune_lr=3e-5),  # finetune_steps 0: 3 epochs
+}
+
+
+def _args(arg: str) -> dict:
+  args = base.parse_arg(arg, variant='tiny', stage='pretrain', objective='mlm_nsp',
+                        task='sentiment', setting='mlm_nsp', pretrained='', seeds=3, corpus='',
+                        pretrain_steps=0, finetune_steps=0)
+  if args['variant'] not in VARIANTS:
+    raise ValueError(f"variant={args['variant']!r}; use one of {sorted(VARIANTS)}")
+  return args
+
+
+def _pretrain_config(args: dict, variant: dict):
+  objective = args['objective']
+  if objective not in OBJECTIVES:
+    raise ValueError(f'objective={objective!r}; use one of {OBJECTIVES}')
+  c = base.get_config()
+  # One architecture for all three: BERT's (post-LN, segment embeddings); the decoder is the
+  # same stack run with a causal mask.
+  base.apply_size(c, f"bert-{variant['size']}")
+  c.objective.name = objective
+  c.data.corpus = args['corpus']
+  c.data.max_seq_len = 128
+  c.train.steps = args['pretrain_steps'] or variant['pretrain_steps']
+  c.train.batch_size = variant['batch']
+  c.train.eval_every = max(c.train.steps // 4, 1)
+  c.checkpoint.every = c.train.eval_every
+  c.checkpoint.keep = 1
+  c.train.log_every = 100
+  c.optim.learning_rate = variant['lr']
+  c.optim.warmup_steps = min(variant['warmup'], c.train.steps // 10)
+  return c
+
+
+def _finetune_config(args: dict, variant: dict):
+  setting, task = args['setting'], args['task']
+  if setting not in SETTINGS:
+    raise ValueError(f'setting={setting!r}; use one of {sorted(SETTINGS)}')
+  objective, bilstm = SETTINGS[setting]
+  c = finetune.get_config(f"task={task},variant={variant['size']}").unlock()
+  pretrained = args['pretrained']
+  if not pretrained:
+    raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
+                     'objective=<name> pretraining runs')
+  if objective:
+    c.finetune.init_from = f'{pretrained}/objective={objective}'
+  else:  # random weights, but the same tokenizer as the pretrained models
+    c.data.tokenizer.path = f'{pretrained}/objective=mlm_nsp/tokenizer.model'
+    c.finetune.family = 'encoder'
+  # Table 5 reports dev sets: read train and dev only (no time spent scoring test).
+  c.task.train = f'{c.task.data_dir}/train.{SPLIT_SUFFIX[task]}'
+  c.task.dev = f'{c.task.data_dir}/dev.{SPLIT_SUFFIX[task]}'
+  c.task.data_dir = ''
+  c.finetune.bilstm_size = c.model.d_model // 2 if bilstm else 0
+  c.finetune.lm_loss_weight = 0.0  # Table 5 fine-tunes every model alike: task loss only
+  steps = args['finetune_steps'] or variant['finetune_steps']
+  if steps:
+    c.finetune.epochs = 0.0
+    c.train.steps = steps
+  c.train.eval_every = 10**9  # dev once, at the end (the table's number)
+  c.checkpoint.every = 10**9
+  c.optim.learning_rate = variant['finetune_lr']
+  return c
+
+
+def get_config(arg: str = ''):
+  args = _args(arg)
+  variant = VARIANTS[args['variant']]
+  if args['stage'] == 'pretrain':
+    return _pretrain_config(args, variant).lock()
+  return _finetune_config(args, variant).lock()
+
+
+def get_sweep(arg: str = ''):
+  """stage=pretrain: the three objectives; stage=finetune: task x setting x seed, reading the
+  pretraining runs from the same sweep root."""
+  args = _args(arg)
+  if args['stage'] == 'pretrain':
+    return hyper.sweep('arg.objective', OBJECTIVES)
+  return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
+                       hyper.sweep('config.train.seed', range(args['seeds'])),
+                       [{'arg.pretrained': '{root}'}])

@@ -1,0 +1,251 @@
+"""Expands a config file's `get_sweep()` into runs and launches them (this module only builds
+commands: every run is a plain `python -m research.main ...`).
+
+  python -m launch.sweep --config=configs/repro/bert_table5.py:variant=tiny,stage=pretrain \
+      [--root=runs/NAME] [--local [--parallel=2] | --slurm=sweep.sbatch] [--dry_run]
+
+Each run gets a readable workdir `<root>/<key=value,...>` named after the overrides that
+vary across the sweep (e.g. `task=sentiment,setting=mlm,seed=1`). A run is finished when its
+final checkpoint exists (`checkpoints/<train.steps>` of its resolved config.json, written last
+by research/train.py and research/finetune.py); re-running the sweep skips finished runs and
+starts the others, which resume from their latest checkpoint by themselves.
+
+--slurm writes an array job, one array task per unfinished run: `srun python -m research.main`
+with the run's arguments, so a run may span several nodes (--slurm_nodes): srun starts one
+process per node and research.main joins them with `jax.distributed.initialize()`, which
+reads the SLURM environment.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  name: str
+  workdir: str
+  config_arg: str  # 'file.py:arg' for --config
+  overrides: tuple[tuple[str, Any], ...]  # ('train.seed', 1), ... for --config.<key>=value
+
+  def command(self, python: str = sys.executable) -> list[str]:
+    return [python, '-m', 'research.main', f'--config={self.config_arg}',
+            f'--workdir={self.workdir}',
+            *(f'--config.{k}={_flag_value(v)}' for k, v in self.overrides)]
+
+
+def _flag_value(value: Any) -> str:
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def split_config(config: str) -> tuple[str, str]:
+  path, _, arg = config.partition(':')
+  return path, arg
+
+
+def load_sweep(config: str) -> list[dict[str, Any]]:
+  """Calls `get_sweep(arg)` of the config file (imported by path, as config_flags does)."""
+  path, arg = split_config(config)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path} does not exist')
+  spec = importlib.util.spec_from_file_location('sweep_config', path)
+  module = importlib.util.module_from_spec(spec)
+  if REPO not in sys.path:  # config files import `configs.base`
+    sys.path.insert(0, REPO)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise ValueError(f'{path} defines no get_sweep(arg); nothing to sweep')
+  return module.get_sweep(arg)
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, float):
+    value = f'{value:.3g}'
+  value = str(value).rstrip('/')
+  if '/' in value:  # a path: its last component is what tells runs apart
+    value = os.path.basename(value)
+  return re.sub(r'[^A-Za-z0-9._+-]', '_', value)
+
+
+def run_names(runs: Sequence[dict[str, Any]]) -> list[str]:
+  """`key=value,...` over the keys whose value differs between runs (first-seen order);
+  a key is shown by its last dotted component(s), as many as tell it apart."""
+  keys = list(dict.fromkeys(k for run in runs for k in run))
+  varying = [k for k in keys if len({repr(run.get(k)) for run in runs}) > 1]
+
+  def suffix(key: str, depth: int) -> str:
+    return '.'.join(key.split('.')[-depth:])
+
+  short = {}
+  for k in varying:  # the shortest dotted suffix no other varying key shares
+    depth = 1
+    while any(suffix(o, depth) == suffix(k, depth) for o in varying if o != k) and \
+        depth < k.count('.') + 1:
+      depth += 1
+    short[k] = suffix(k, depth)
+  names = [','.join(f'{short[k]}={_format_value(run.get(k))}' for k in varying) or 'run'
+           for run in runs]
+  duplicates = {n for n in names if names.count(n) > 1}
+  if duplicates:
+    raise ValueError(f'runs {sorted(duplicates)} occur more than once in the sweep')
+  return names
+
+
+def merge_arg(arg: str, updates: dict[str, Any]) -> str:
+  items = dict(item.split('=', 1) for item in filter(None, arg.split(',')))
+  items.update({k: _flag_value(v) for k, v in updates.items()})
+  return ','.join(f'{k}={v}' for k, v in items.items())
+
+
+def expand(config: str, root: str, runs: Sequence[dict[str, Any]]) -> list[RunSpec]:
+  path, arg = split_config(config)
+  specs = []
+  for name, run in zip(run_names(runs), runs):
+    run = {k: v.replace('{root}', root) if isinstance(v, str) else v for k, v in run.items()}
+    bad = [k for k in run if not k.startswith(('config.', 'arg.'))]
+    if bad:
+      raise ValueError(f'sweep keys {bad} must start with "config." or "arg."')
+    arg_updates = {k[len('arg.'):]: v for k, v in run.items() if k.startswith('arg.')}
+    merged = merge_arg(arg, arg_updates)
+    overrides = tuple((k[len('config.'):], v) for k, v in run.items() if k.startswith('config.'))
+    specs.append(RunSpec(name, os.path.join(root, name),
+                         f'{path}:{merged}' if merged else path, overrides))
+  return specs
+
+
+def default_root(config: str) -> str:
+  path, arg = split_config(config)
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', name + (f'-{_format_value(arg)}' if arg else ''))
+
+
+def is_finished(workdir: str) -> bool:
+  """The run's final checkpoint (step = train.steps of its resolved config.json) exists."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      steps = json.load(f)['train']['steps']
+  except (OSError, ValueError, KeyError):
+    return False
+  return os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps)))
+
+
+def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
+  """Runs each spec as a subprocess (at most `parallel` at once), output appended to
+  `<workdir>/log.txt`; returns the exit status of each run by name."""
+  pending, running, status = list(specs), {}, {}
+  while pending or running:
+    while pending and len(running) < parallel:
+      spec = pending.pop(0)
+      os.makedirs(spec.workdir, exist_ok=True)
+      log = open(os.path.join(spec.workdir, 'log.txt'), 'a')
+      print(f'[sweep] start {spec.name}', flush=True)
+      running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log,
+                                             stderr=subprocess.STDOUT), log, time.time())
+    for name, (process, log, start) in list(running.items()):
+      if process.poll() is None:
+        continue
+      log.close()
+      status[name] = process.returncode
+      outcome = 'done' if process.returncode == 0 else f'FAILED ({process.returncode})'
+      print(f'[sweep] {outcome} {name} in {time.time() - start:.0f}s', flush=True)
+      del running[name]
+    time.sleep(0.2)
+  return status
+
+
+def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_per_node: int = 0,
+                 cpus_per_task: int = 8, time_limit: str = '24:00:00', partition: str = '',
+                 max_parallel: int = 0, python: str = sys.executable) -> str:
+  """A SLURM array job: array task i runs specs[i] with srun on `nodes` nodes (with this
+  Python by default: clusters share the file system the sweep was generated on)."""
+  throttle = f'%{max_parallel}' if max_parallel else ''
+  header = [
+      '#!/bin/bash',
+      f'#SBATCH --job-name={os.path.basename(os.path.normpath(root))}',
+      f'#SBATCH --array=0-{len(specs) - 1}{throttle}',
+      f'#SBATCH --nodes={nodes}',
+      '#SBATCH --ntasks-per-node=1',  # one JAX process per node, driving all its devices
+      f'#SBATCH --cpus-per-task={cpus_per_task}',
+      f'#SBATCH --time={time_limit}',
+      f'#SBATCH --output={os.path.join(root, "slurm-%A_%a.out")}',
+      '#SBATCH --requeue',  # a preempted run restarts and resumes from its checkpoint
+  ]
+  if gpus_per_node:
+    header.append(f'#SBATCH --gpus-per-node={gpus_per_node}')
+  if partition:
+    header.append(f'#SBATCH --partition={partition}')
+  cases = []
+  for i, spec in enumerate(specs):
+    args = ' '.join(shlex.quote(a) for a in spec.command(python)[1:])
+    cases.append(f'  {i}) ARGS=({args}) ;;  # {spec.name}')
+  body = [
+      '# Generated by launch/sweep.py; re-generate to drop runs that have finished.',
+      'set -euo pipefail',
+      f'cd {shlex.quote(REPO)}',
+      'case "$SLURM_ARRAY_TASK_ID" in',
+      *cases,
+      'esac',
+      f'srun {python} "${{ARGS[@]}}"',
+  ]
+  return '\n'.join(header + [''] + body) + '\n'
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog='python -m launch.sweep', description=__doc__.split('\n')[0])
+  p.add_argument('--config', required=True, help='config file[:arg] defining get_sweep(arg)')
+  p.add_argument('--root', help='parent of the run workdirs (default: runs/<config>[-<arg>])')
+  p.add_argument('--local', action='store_true', help='run the unfinished runs here')
+  p.add_argument('--parallel', type=int, default=1, help='with --local: runs at a time')
+  p.add_argument('--slurm', metavar='PATH', help='write a SLURM array script to PATH')
+  p.add_argument('--slurm_nodes', type=int, default=1, help='nodes per run (multi-host)')
+  p.add_argument('--slurm_gpus_per_node', type=int, default=0)
+  p.add_argument('--slurm_cpus_per_task', type=int, default=8)
+  p.add_argument('--slurm_time', default='24:00:00', help='wall-time limit per run')
+  p.add_argument('--slurm_partition', default='')
+  p.add_argument('--slurm_max_parallel', type=int, default=0,
+                 help='array tasks running at once (0: no limit)')
+  p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  root = os.path.abspath(args.root or default_root(args.config))
+  specs = expand(args.config, root, load_sweep(args.config))
+  todo = [s for s in specs if not is_finished(s.workdir)]
+  print(f'[sweep] {len(specs)} runs in {root}: {len(specs) - len(todo)} finished, '
+        f'{len(todo)} to run', flush=True)
+  if args.dry_run or not (args.local or args.slurm):
+    for spec in todo:
+      print(shlex.join(spec.command()))
+    return
+  if args.slurm:
+    if todo:
+      with open(args.slurm, 'w') as f:
+        f.write(slurm_script(todo, root, nodes=args.slurm_nodes,
+                             gpus_per_node=args.slurm_gpus_per_node,
+                             cpus_per_task=args.slurm_cpus_per_task, time_limit=args.slurm_time,
+                             partition=args.slurm_partition,
+                             max_parallel=args.slurm_max_parallel))
+      print(f'[sweep] wrote {args.slurm}: sbatch {args.slurm}')
+    return
+  failed = [name for name, code in run_local(todo, args.parallel).items() if code]
+  if failed:
+    print(f'[sweep] {len(failed)} runs failed (see their log.txt): {", ".join(failed)}')
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  main()

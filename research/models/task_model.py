@@ -1,0 +1,76 @@
+"""A pretrained encoder or decoder plus one task head: the model every fine-tuning run trains.
+
+The backbone is a submodule named like the pretraining model's parameters, so pretrained
+weights drop in unchanged: `encoder` (BertForPretraining's `encoder` subtree; its MLM and
+NSP heads are discarded) or `decoder` (the whole GPT tree; its tied embedding also serves the
+auxiliary LM loss of GPT-1 Sec 3.2). Only `head` (and `bilstm`) start from random weights.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.config import ModelConfig
+from research.models.decoder import GPT
+from research.models.encoder import Encoder
+from research.models.finetune_heads import BiLstm, last_token
+from research.models.heads import ClassifierHead
+
+FAMILIES = ('encoder', 'decoder')
+SEQUENCE_TYPES = ('classification', 'regression', 'multiple_choice')
+TOKEN_TYPES = ('tagging', 'span')
+
+
+class TaskModel(nn.Module):
+  cfg: ModelConfig
+  family: str  # 'encoder' (BERT) | 'decoder' (GPT)
+  task_type: str  # research/tasks/task.py TASK_TYPES
+  num_outputs: int  # classes / tags; 1 for regression and per-choice scores; 2 for spans
+  bilstm_size: int = 0  # >0: BERT Table 5 (d) BiLSTM with this many units per direction
+
+  @nn.compact
+  def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic: bool = True):
+    """Sequence-level types take [N, V, L] inputs (V = 1, both orders of a pair, or the
+    choices) and return logits [N, classes] (regression: [N]; multiple choice: [N, V]);
+    tagging returns [N, L, tags] and span {start, end} [N, L] from [N, L] inputs.
+    'lm_logits' [N*V, L, vocab] is the decoder's next-token prediction (None for encoders)."""
+    cfg = self.cfg
+    sequence_level = self.task_type in SEQUENCE_TYPES
+    lead = input_ids.shape[:-1]  # [N, V] or [N]
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # [N * V, L]
+    ids, segments, mask = flat(input_ids), flat(segment_ids), flat(attention_mask)
+    if self.family == 'encoder':
+      out = Encoder(cfg, name='encoder')(ids, segments, mask, deterministic=deterministic)
+      hidden, summary, lm_logits = out.hidden, out.pooled, None
+    elif self.family == 'decoder':
+      out = GPT(cfg, name='decoder')(ids, mask, deterministic=deterministic)
+      hidden, summary, lm_logits = out.hidden, last_token(out.hidden, mask), out.logits
+    else:
+      raise ValueError(f'unknown model family {self.family!r}; use one of {FAMILIES}')
+    if self.bilstm_size:
+      hidden, summary = BiLstm(self.bilstm_size, cfg.compute_dtype, name='bilstm')(hidden, mask)
+
+    drop = nn.Dropout(cfg.dropout)  # BERT/GPT-1 fine-tune with dropout 0.1 before the head
+    head = ClassifierHead(cfg, self.num_outputs, name='head')
+    if sequence_level:
+      summary = summary.reshape(*lead, summary.shape[-1])  # [N, V, D]
+      if self.task_type == 'multiple_choice':
+        logits = head(drop(summary, deterministic=deterministic))[..., 0]  # [N, V]
+      else:
+        # GPT-1 Sec 3.3 Similarity: the two orders' representations are added.
+        logits = head(drop(summary.sum(axis=1), deterministic=deterministic))  # [N, C]
+        if self.task_type == 'regression':
+          logits = logits[..., 0]  # [N]
+      return {'logits': logits, 'lm_logits': lm_logits}
+    logits = head(drop(hidden, deterministic=deterministic))  # [N, L, C]
+    if self.task_type == 'span':
+      logits = {'start': logits[..., 0], 'end': logits[..., 1]}  # [N, L] each
+    return {'logits': logits, 'lm_logits': lm_logits}
+
+
+def init_params(model: TaskModel, seq_len: int, num_views: int, rng: jax.Array):
+  """Boxed (logically partitioned) parameters from dummy inputs of the task's shape."""
+  shape = (1, num_views, seq_len) if model.task_type in SEQUENCE_TYPES else (1, seq_len)
+  ids = jnp.zeros(shape, jnp.int32)
+  return model.init(rng, ids, ids, jnp.ones_like(ids))['params']

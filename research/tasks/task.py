@@ -1,0 +1,183 @@
+"""A fine-tuning task from `config.task`: its type, label set, metrics and examples per split.
+
+Everything is read from the config, so a new data set in a supported format needs no code:
+
+  --config.task.format=tsv --config.task.data_dir=DIR            (DIR/train.tsv, dev.tsv[, test.tsv])
+  --config.task.text_columns=question,passage --config.task.label_column=answer
+  --config.task.format=glue --config.task.name=rte --config.task.data_dir=glue_data/RTE
+  --config.task.format=conll --config.task.train=a.txt --config.task.dev=b.txt
+  --config.task.format=squad --config.task.data_dir=DIR          (train-v1.1.json, dev-v1.1.json)
+
+Task types: classification, regression, tagging, span (extractive QA), multiple_choice. The
+type follows from the format where the format allows one (conll -> tagging, squad -> span,
+GLUE per task); classification label names are taken from `task.labels`, else '0'..'n-1' from
+`task.num_labels`, else the distinct training labels (sorted, numerically if all numbers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import ml_collections
+
+from research.tasks import glue, metrics as metrics_lib, readers, squad
+from research.tasks.readers import Example, TaskDataError
+
+TASK_TYPES = ('classification', 'regression', 'tagging', 'span', 'multiple_choice')
+FORMATS = ('glue', 'tsv', 'csv', 'jsonl', 'conll', 'squad')
+_SUFFIXES = {
+    'tsv': ('.tsv',), 'csv': ('.csv',), 'jsonl': ('.jsonl', '.json'),
+    'conll': ('.txt', '.conll', '.tsv', '.iob', ''), 'squad': ('-v1.1.json', '.json'),
+}
+_TYPE_METRICS = {
+    'classification': ('accuracy',), 'regression': ('pearson', 'spearman'),
+    'multiple_choice': ('accuracy',), 'span': ('f1', 'exact_match'),
+}
+_ALLOWED_METRICS = {
+    'classification': tuple(metrics_lib.SEQUENCE_METRICS),
+    'multiple_choice': ('accuracy',), 'regression': ('pearson', 'spearman'),
+    'tagging': ('entity_f1', 'accuracy'), 'span': ('f1', 'exact_match'),
+}
+
+
+@dataclasses.dataclass
+class Task:
+  name: str
+  type: str  # one of TASK_TYPES
+  labels: tuple[str, ...]  # class names (classification) or tags (tagging); () otherwise
+  metrics: tuple[str, ...]  # the first is the headline number
+  symmetric: bool  # sentence pairs without order (GPT-1 Sec 3.3 "Similarity")
+  splits: dict[str, list[Example]]  # 'train', 'dev', optional 'test', 'dev_mismatched', ...
+
+  @property
+  def num_outputs(self) -> int:
+    """Logits per prediction: classes/tags, 1 (regression, a choice's score) or 2 (start/end)."""
+    if self.type in ('classification', 'tagging'):
+      return len(self.labels)
+    return 2 if self.type == 'span' else 1
+
+  @property
+  def positive_label(self) -> int:
+    """Index of the class F1 scores: '1' when present (MRPC, QQP), else the last class."""
+    return self.labels.index('1') if '1' in self.labels else len(self.labels) - 1
+
+  def score(self, examples: Sequence[Example], predictions: Sequence) -> dict[str, float]:
+    """Metrics of `predictions` (class indices, floats, choice indices, tag-index lists with
+    None for unpredicted words, or answer strings, by type) against the examples' gold."""
+    if self.type == 'span':
+      return {k: v for k, v in metrics_lib.squad_scores(
+          [e.answers for e in examples], predictions).items() if k in self.metrics}
+    if self.type == 'tagging':
+      gold = [e.tags for e in examples]
+      tags = [[None if p is None else self.labels[p] for p in row] for row in predictions]
+      scores = {}
+      if 'entity_f1' in self.metrics:
+        scores.update(metrics_lib.entity_scores(gold, [[t or 'O' for t in row] for row in tags]))
+      if 'accuracy' in self.metrics:
+        scores['accuracy'] = metrics_lib.token_accuracy(gold, tags)
+      return scores
+    if self.type == 'regression':
+      gold = [float(e.label) for e in examples]
+    elif self.type == 'multiple_choice':
+      gold = [int(e.label) for e in examples]
+    else:  # a class absent from train gets index -1: always wrong
+      index = {name: i for i, name in enumerate(self.labels)}
+      gold = [index.get(str(e.label), -1) for e in examples]
+    scores = {}
+    for name in self.metrics:
+      fn = metrics_lib.SEQUENCE_METRICS[name]
+      scores[name] = (fn(gold, predictions, positive=self.positive_label) if name == 'f1'
+                      else fn(gold, predictions))
+    return scores
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+  return tuple(v.strip() for v in value.split(',') if v.strip())
+
+
+def _find_files(cfg) -> dict[str, str]:
+  files = {}
+  for split in ('train', 'dev', 'test'):
+    if cfg[split]:
+      files[split] = cfg[split]
+    elif cfg.data_dir:
+      found = next(readers.iter_split_files(cfg.data_dir, split, _SUFFIXES[cfg.format]), None)
+      if found:
+        files[split] = found
+  for split in ('train', 'dev'):
+    if split not in files:
+      where = (f'{cfg.data_dir}/{split}{{{",".join(_SUFFIXES[cfg.format])}}}[.gz]'
+               if cfg.data_dir else f'--config.task.{split}')
+      raise TaskDataError(f'no {split} file for task format {cfg.format!r}: looked for {where}; '
+                          f'set --config.task.data_dir or --config.task.{split}=PATH')
+  for path in files.values():
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'task file {path} does not exist')
+  return files
+
+
+def _read_file(cfg, path: str) -> list[Example]:
+  if cfg.format == 'conll':
+    return readers.read_conll(path)
+  if cfg.format == 'squad':
+    return squad.read(path)
+  rows = (readers.read_jsonl(path) if cfg.format == 'jsonl'
+          else readers.read_delimited(path, header=cfg.header))
+  return readers.rows_to_examples(
+      rows, path, text_columns=_split_list(cfg.text_columns), label_column=cfg.label_column,
+      choice_columns=_split_list(cfg.choice_columns))
+
+
+def _infer_labels(values) -> tuple[str, ...]:
+  names = sorted({str(v) for v in values if v is not None})
+  try:
+    return tuple(sorted(names, key=float))
+  except ValueError:
+    return tuple(names)
+
+
+def load_task(cfg: ml_collections.ConfigDict) -> Task:
+  """Reads every split of `config.task` and resolves its type, labels and metrics."""
+  if cfg.format not in FORMATS:
+    raise ValueError(f'unknown --config.task.format={cfg.format!r}; use one of {FORMATS}')
+  symmetric = cfg.symmetric
+  if cfg.format == 'glue':
+    spec = glue.get(cfg.name)
+    splits = glue.read_splits(spec, cfg.data_dir)
+    task_type = 'regression' if not spec.labels else 'classification'
+    labels, default_metrics, symmetric = spec.labels, spec.metrics, symmetric or spec.symmetric
+  else:
+    splits = {split: _read_file(cfg, path) for split, path in _find_files(cfg).items()}
+    task_type = cfg.type or {'conll': 'tagging', 'squad': 'span'}.get(cfg.format,
+                                                                        'classification')
+    labels, default_metrics = (), _TYPE_METRICS.get(task_type)
+    if task_type == 'classification':
+      labels = (_split_list(cfg.labels) or tuple(map(str, range(cfg.num_labels)))
+                or _infer_labels(e.label for e in splits['train']))
+    elif task_type == 'tagging':
+      labels = _split_list(cfg.labels) or _infer_labels(
+          t for e in splits['train'] for t in e.tags or ())
+      default_metrics = ('entity_f1',) if metrics_lib.is_bio(labels) else ('accuracy',)
+  if task_type not in TASK_TYPES:
+    raise ValueError(f'unknown --config.task.type={task_type!r}; use one of {TASK_TYPES}')
+  if task_type == 'multiple_choice' and not cfg.choice_columns:
+    raise ValueError('multiple_choice needs --config.task.choice_columns (the columns, or one '
+                     'list-valued JSON key, holding the candidate answers)')
+  if task_type in ('classification', 'tagging') and len(labels) < 2:
+    raise TaskDataError(f'task {cfg.name or cfg.format!r} has labels {labels}: need at least '
+                        'two classes; check --config.task.label_column or set task.labels')
+  unknown = {str(e.label) for e in splits['train'] if e.label is not None} - set(labels)
+  if task_type == 'classification' and unknown:
+    raise TaskDataError(f'training labels {sorted(unknown)} are not in --config.task.labels='
+                        f'{",".join(labels)}')
+  task_metrics = _split_list(cfg.metrics) or default_metrics
+  bad = [m for m in task_metrics if m not in _ALLOWED_METRICS[task_type]]
+  if bad:
+    raise ValueError(f'metrics {bad} do not apply to {task_type}; choose from '
+                     f'{_ALLOWED_METRICS[task_type]} (--config.task.metrics)')
+  if cfg.train_limit:
+    splits['train'] = splits['train'][:cfg.train_limit]
+  if cfg.eval_limit:
+    splits = {k: v if k == 'train' else v[:cfg.eval_limit] for k, v in splits.items()}
+  return Task(cfg.name or cfg.format, task_type, labels, task_metrics, symmetric, splits)

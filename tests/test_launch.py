@@ -1,0 +1,190 @@
+"""Sweeps (expansion, names, skipping finished runs, SLURM script), the collector and the
+Table 5 recipe's configs (built, not run)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs.repro import bert_table5
+from launch import collect, hyper, repro, sweep
+from tests.conftest import REPO
+
+SWEEP_CONFIG = '''
+from configs import finetune
+from launch import hyper
+
+def get_config(arg=''):
+  return finetune.get_config(arg)
+
+def get_sweep(arg=''):
+  return hyper.product(hyper.sweep('arg.task', ['sentiment', 'paraphrase']),
+                       hyper.zipped(hyper.sweep('config.optim.learning_rate', [1e-4, 3e-5]),
+                                    hyper.sweep('config.train.batch_size', [16, 32])),
+                       [{'config.finetune.init_from': '{root}/pre/objective=mlm'}])
+'''
+
+
+def test_hyper_product_zip_and_random():
+  grid = hyper.product(hyper.sweep('a', [1, 2]), hyper.sweep('b', ['x', 'y', 'z']))
+  assert len(grid) == 6 and grid[1] == {'a': 1, 'b': 'y'}
+  assert hyper.zipped(hyper.sweep('a', [1, 2]), hyper.sweep('b', [3, 4])) == [
+      {'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
+  with pytest.raises(ValueError, match='length'):
+    hyper.zipped(hyper.sweep('a', [1]), hyper.sweep('b', [3, 4]))
+  runs = hyper.random_search(5, seed=3, **{'config.optim.learning_rate':
+                                           hyper.log_uniform(1e-5, 1e-3),
+                                           'config.train.batch_size': hyper.choice(16, 32)})
+  assert runs == hyper.random_search(5, seed=3, **{'config.optim.learning_rate':
+                                                   hyper.log_uniform(1e-5, 1e-3),
+                                                   'config.train.batch_size': hyper.choice(16, 32)})
+  assert all(1e-5 <= r['config.optim.learning_rate'] <= 1e-3 for r in runs)
+
+
+def test_expansion_names_and_commands(tmp_path):
+  config_file = tmp_path / 'my_sweep.py'
+  config_file.write_text(SWEEP_CONFIG)
+  config = f'{config_file}:variant=tiny'
+  specs = sweep.expand(config, str(tmp_path / 'root'), sweep.load_sweep(config))
+  assert [s.name for s in specs] == [
+      'task=sentiment,learning_rate=0.0001,batch_size=16',
+      'task=sentiment,learning_rate=3e-05,batch_size=32',
+      'task=paraphrase,learning_rate=0.0001,batch_size=16',
+      'task=paraphrase,learning_rate=3e-05,batch_size=32']
+  command = specs[3].command('python')
+  assert command[:3] == ['python', '-m', 'research.main']
+  assert f'--config={config_file}:variant=tiny,task=paraphrase' in command
+  assert f'--workdir={tmp_path}/root/{specs[3].name}' in command
+  assert '--config.optim.learning_rate=3e-05' in command
+  assert f'--config.finetune.init_from={tmp_path}/root/pre/objective=mlm' in command  # {root}
+  assert sweep.run_names([{'a.x': 1, 'b.x': 2}, {'a.x': 1, 'b.x': 3}]) == ['x=2', 'x=3']
+  assert sweep.run_names([{'config.train.seed': 1, 'config.data.seed': 2},
+                          {'config.train.seed': 3, 'config.data.seed': 4}]) == [
+                              'train.seed=1,data.seed=2', 'train.seed=3,data.seed=4']
+  assert sweep.run_names([{'config.p': '/a/b/ckpt_1/'}, {'config.p': '/a/b/ckpt_2'}]) == [
+      'p=ckpt_1', 'p=ckpt_2']
+  with pytest.raises(ValueError, match='more than once'):
+    sweep.run_names([{'config.x': 1, 'config.y': '/a/z'}, {'config.x': 1, 'config.y': '/b/z'}])
+  with pytest.raises(ValueError, match='must start with'):
+    sweep.expand(config, str(tmp_path), [{'train.steps': 1}, {'train.steps': 2}])
+
+
+def fake_run(workdir, steps, saved):
+  os.makedirs(os.path.join(workdir, 'checkpoints'), exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({'train': {'steps': steps}}, f)
+  for step in saved:
+    os.makedirs(os.path.join(workdir, 'checkpoints', str(step)))
+
+
+def test_finished_runs_are_skipped_on_rerun(tmp_path):
+  fake_run(tmp_path / 'done', 100, [50, 100])
+  fake_run(tmp_path / 'half', 100, [50])
+  os.makedirs(tmp_path / 'half' / 'checkpoints' / '100.orbax-checkpoint-tmp-123')  # in flight
+  assert sweep.is_finished(str(tmp_path / 'done'))
+  assert not sweep.is_finished(str(tmp_path / 'half'))
+  assert not sweep.is_finished(str(tmp_path / 'never'))
+
+  config_file = tmp_path / 'my_sweep.py'
+  config_file.write_text(SWEEP_CONFIG)
+  root = tmp_path / 'root'
+  config = f'{config_file}:variant=tiny'
+  specs = sweep.expand(config, str(root), sweep.load_sweep(config))
+  fake_run(specs[0].workdir, 10, [10])
+  result = subprocess.run([sys.executable, '-m', 'launch.sweep', f'--config={config}',
+                           f'--root={root}', '--dry_run'], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '4 runs' in result.stdout and '1 finished, 3 to run' in result.stdout
+  assert specs[0].name not in result.stdout.split('to run', 1)[1]
+  assert specs[1].name in result.stdout
+
+
+def test_local_runs_and_exit_status(tmp_path, monkeypatch):
+  specs = [sweep.RunSpec(f'r{i}', str(tmp_path / f'r{i}'), 'x.py', ()) for i in range(3)]
+  monkeypatch.setattr(sweep.RunSpec, 'command', lambda self, python=sys.executable: [
+      python, '-c', f'import sys; print("hello {self.name}"); sys.exit({self.name == "r1"})'])
+  status = sweep.run_local(specs, parallel=2)
+  assert status == {'r0': 0, 'r1': 1, 'r2': 0}
+  assert 'hello r2' in (tmp_path / 'r2' / 'log.txt').read_text()
+
+
+def test_slurm_script(tmp_path):
+  specs = [sweep.RunSpec('task=a,seed=0', str(tmp_path / 'task=a,seed=0'), 'c.py:v=1',
+                         (('train.seed', 0),)),
+           sweep.RunSpec('task=b,seed=1', str(tmp_path / 'task=b,seed=1'), 'c.py:v=1',
+                         (('train.seed', 1),))]
+  script = sweep.slurm_script(specs, str(tmp_path), nodes=2, gpus_per_node=8, max_parallel=1,
+                              partition='gpu', python='python')
+  assert script.startswith('#!/bin/bash\n')
+  for line in ('#SBATCH --array=0-1%1', '#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=1',
+               '#SBATCH --gpus-per-node=8', '#SBATCH --partition=gpu', '#SBATCH --requeue'):
+    assert line in script, line
+  assert 'srun python "${ARGS[@]}"' in script
+  assert f'  1) ARGS=(-m research.main --config=c.py:v=1 --workdir={tmp_path}/task=b,seed=1' in script
+  assert '--config.train.seed=1) ;;  # task=b,seed=1' in script
+  result = subprocess.run(['bash', '-n'], input=script, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+
+
+def write_run(root, name, records):
+  (root / name).mkdir(parents=True)
+  (root / name / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+
+
+def test_collector_table_and_plot(tmp_path):
+  for seed, (a, b) in enumerate([(0.80, 0.60), (0.84, 0.62), (0.82, 0.64)]):
+    write_run(tmp_path, f'task=sentiment,setting=mlm,seed={seed}',
+              [{'step': 0, 'event': 'start'}, {'step': 5, 'dev/accuracy': 0.5},
+               {'step': 10, 'dev/accuracy': a}])
+    write_run(tmp_path, f'task=paraphrase,setting=mlm,seed={seed}',
+              [{'step': 10, 'dev/f1': b}])
+  write_run(tmp_path, 'objective=mlm', [{'step': 10, 'eval/loss': 3.0}])  # no task: skipped
+  table = collect.aggregate(collect.load_runs(str(tmp_path)), ['setting'], 'task',
+                            ['dev/accuracy', 'dev/f1'], scale=100)
+  cell = table[('mlm',)]['sentiment']
+  assert cell.mean == pytest.approx(82.0) and cell.std == pytest.approx(2.0)
+  text = collect.markdown(table, ['setting'])
+  assert text.splitlines()[0] == '| setting | paraphrase | sentiment |'
+  assert '| mlm | 62.0 ± 2.0 (3) | 82.0 ± 2.0 (3) |' in text
+  collect.plot(table, str(tmp_path / 'plot.png'), ylabel='acc')
+  assert (tmp_path / 'plot.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_table5_recipe_configs_and_sweeps(tmp_path):
+  pre = bert_table5.get_sweep('variant=tiny,stage=pretrain')
+  assert [r['arg.objective'] for r in pre] == ['mlm_nsp', 'mlm', 'clm']
+  configs = [bert_table5.get_config(f'stage=pretrain,objective={o}') for o in ('mlm_nsp', 'clm')]
+  # Equal compute: only the objective differs.
+  assert configs[0].objective.name == 'mlm_nsp' and configs[1].objective.name == 'clm'
+  for key in ('model', 'train', 'data', 'optim'):
+    assert configs[0][key].to_dict() == configs[1][key].to_dict(), key
+  runs = bert_table5.get_sweep('variant=tiny,stage=finetune')
+  assert len(runs) == 3 * 5 * 3
+  specs = sweep.expand('configs/repro/bert_table5.py:variant=tiny,stage=finetune',
+                       str(tmp_path), runs)
+  assert specs[0].name == 'task=sentiment,setting=mlm_nsp,seed=0'
+  by_setting = {}
+  for setting in bert_table5.SETTINGS:
+    c = bert_table5.get_config(f'stage=finetune,task=paraphrase,setting={setting},'
+                               f'pretrained={tmp_path}')
+    by_setting[setting] = c
+  assert by_setting['ltr'].finetune.init_from == f'{tmp_path}/objective=clm'
+  assert by_setting['ltr_bilstm'].finetune.bilstm_size > 0
+  assert by_setting['ltr'].finetune.bilstm_size == 0
+  assert by_setting['scratch'].finetune.init_from == ''
+  assert by_setting['scratch'].data.tokenizer.path.endswith('objective=mlm_nsp/tokenizer.model')
+  assert len({c.train.steps for c in by_setting.values()}) == 1
+  assert os.path.exists(by_setting['mlm'].task.dev) and not by_setting['mlm'].task.test
+  base = bert_table5.get_config('variant=base,stage=pretrain')
+  assert base.model.num_layers == 12 and base.train.batch_size == 256
+  with pytest.raises(ValueError, match='pretrained'):
+    bert_table5.get_config('stage=finetune')
+
+
+def test_repro_comparison_table():
+  table = {('mlm_nsp',): {'sentiment': collect.Cell([70.0, 72.0])}}
+  text = repro.comparison(bert_table5, table)
+  assert '| mlm_nsp | BERT_BASE (MLM+NSP) | 71.0 ± 1.4 (2) | 92.7 |' in text
+  assert '| ltr_bilstm | + BiLSTM |  | 91.6 |  | 75.7 |  | 84.9 |' in text

@@ -1,0 +1,388 @@
+"""Task readers, input transformations and metrics (no model, no JAX)."""
+import gzip
+import json
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import finetune as finetune_config
+from research.tasks import encoding, features, glue, metrics, readers, squad
+from research.tasks.task import load_task
+
+
+class PieceTokenizer:
+  """Deterministic stand-in for the SentencePiece tokenizer: a word becomes pieces of up to
+  3 characters (so long words have several sub-tokens), each piece a stable id >= 7."""
+  pad_id, unk_id, bos_id, eos_id, cls_id, sep_id, mask_id = range(7)
+
+  def __init__(self):
+    self.vocab = {}
+
+  @property
+  def vocab_size(self):
+    return 7 + len(self.vocab)
+
+  def encode(self, text):
+    pieces = [w[i:i + 3] for w in text.split() for i in range(0, len(w), 3)]
+    return [self.vocab.setdefault(p, 7 + len(self.vocab)) for p in pieces]
+
+  def encode_batch(self, texts):
+    return [self.encode(t) for t in texts]
+
+
+def task_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  finetune_config.add_fields(c)
+  for key, value in overrides.items():
+    c.task[key] = value
+  return c.task
+
+
+def write(path, text):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if str(path).endswith('.gz'):
+    with gzip.open(path, 'wt', encoding='utf-8') as f:
+      f.write(text)
+  else:
+    path.write_text(text, encoding='utf-8')
+  return path
+
+
+# --- GLUE: every task's real column layout (download_glue_data.py), train/dev/test.
+
+GLUE_FILES = {
+    'cola': {
+        'train.tsv': 'gj04\t1\t\tOur friends will fight.\ngj04\t0\t*\tThem fight friends our.\n',
+        'dev.tsv': 'gj05\t0\t*\tThe more we.\ngj05\t1\t\tWe left.\n',
+        'test.tsv': 'index\tsentence\n0\tBill left.\n1\tLeft Bill the.\n',
+    },
+    'sst2': {
+        'train.tsv': 'sentence\tlabel\ngreat fun \t1\na dull mess \t0\n',
+        'dev.tsv': 'sentence\tlabel\nfun\t1\ndull\t0\n',
+        'test.tsv': 'index\tsentence\n0\tso fun\n',
+    },
+    'mrpc': {
+        'train.tsv': ('Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
+                      '1\t702876\t702977\tHe said "yes".\tHe agreed.\n'
+                      '0\t2108705\t2108831\tA cat.\tA dog.\n'),
+        'dev.tsv': 'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA b.\tA b!\n',
+        'test.tsv': 'index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tX y.\tX z.\n',
+    },
+    'stsb': {
+        'train.tsv': ('index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t'
+                      'sentence2\tscore\n0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\t'
+                      'A plane is taking off.\tAn air plane is taking off.\t5.000\n'
+                      '1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man plays.\t'
+                      'A cat eats.\t0.500\n'),
+        'dev.tsv': ('index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t'
+                    'sentence2\tscore\n0\tg\tf\ty\t0\tn\tn\tA.\tB.\t2.5\n'),
+    },
+    'qqp': {
+        # The real train file has a few broken lines (fewer fields): they are skipped.
+        'train.tsv': ('id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n'
+                      '1\t1\t2\tHow do I learn?\tHow can I learn?\t1\n'
+                      '2\t3\t4\tWhat is AI?\n'
+                      '3\t5\t6\tWhy?\tWhen?\t0\n'),
+        'dev.tsv': 'id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n9\t1\t2\tA?\tB?\t0\n',
+        'test.tsv': 'id\tquestion1\tquestion2\n7\tC?\tD?\n',
+    },
+    'mnli': {
+        'train.tsv': ('index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t'
+                      'sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\t'
+                      'sentence2\tlabel1\tgold_label\n'
+                      '0\t1\t1e\tgov\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tIt rains.\tIt is wet.\t'
+                      'entailment\tentailment\n'
+                      '1\t2\t2c\tgov\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tIt rains "hard".\t'
+                      'It is dry.\tcontradiction\tcontradiction\n'
+                      '2\t3\t3n\tgov\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tA.\tB.\tneutral\tneutral\n'),
+        'dev_matched.tsv': ('index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\t'
+                            'sentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n'
+                            '0\t1\t1\tg\ta\tb\ta\tb\tX.\tY.\tneutral\tneutral\tneutral\t'
+                            'neutral\tneutral\tneutral\n'),
+        'dev_mismatched.tsv': ('index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\t'
+                               'sentence2\tlabel1\tgold_label\n0\t1\t1\tg\ta\tb\ta\tb\tP.\tQ.\t'
+                               'entailment\tentailment\n'),
+        'test_matched.tsv': ('index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\t'
+                             'sentence2\n0\t1\t1\tg\ta\tb\ta\tb\tM.\tN.\n'),
+    },
+    'qnli': {
+        'train.tsv': ('index\tquestion\tsentence\tlabel\n0\tWho?\tHe did.\tentailment\n'
+                      '1\tWhen?\tBlue.\tnot_entailment\n'),
+        'dev.tsv': 'index\tquestion\tsentence\tlabel\n0\tWhy?\tBecause.\tentailment\n',
+    },
+    'rte': {
+        'train.tsv': ('index\tsentence1\tsentence2\tlabel\n0\tA b.\tA.\tentailment\n'
+                      '1\tC.\tD.\tnot_entailment\n'),
+        'dev.tsv': 'index\tsentence1\tsentence2\tlabel\n0\tE.\tF.\tnot_entailment\n',
+    },
+    'wnli': {
+        'train.tsv': 'index\tsentence1\tsentence2\tlabel\n0\tI saw it.\tIt was seen.\t1\n'
+                     '1\tA.\tB.\t0\n',
+        'dev.tsv': 'index\tsentence1\tsentence2\tlabel\n0\tC.\tD.\t0\n',
+    },
+}
+
+GLUE_EXPECTED = {  # task: (first train texts, first train label, type, metrics, symmetric)
+    'cola': (('Our friends will fight.',), '1', 'classification', ('mcc',), False),
+    'sst2': (('great fun ',), '1', 'classification', ('accuracy',), False),
+    'mrpc': (('He said "yes".', 'He agreed.'), '1', 'classification', ('f1', 'accuracy'), True),
+    'stsb': (('A plane is taking off.', 'An air plane is taking off.'), '5.000', 'regression',
+             ('pearson', 'spearman'), True),
+    'qqp': (('How do I learn?', 'How can I learn?'), '1', 'classification', ('accuracy', 'f1'),
+            True),
+    'mnli': (('It rains.', 'It is wet.'), 'entailment', 'classification', ('accuracy',), False),
+    'qnli': (('Who?', 'He did.'), 'entailment', 'classification', ('accuracy',), False),
+    'rte': (('A b.', 'A.'), 'entailment', 'classification', ('accuracy',), False),
+    'wnli': (('I saw it.', 'It was seen.'), '1', 'classification', ('accuracy',), False),
+}
+
+
+@pytest.mark.parametrize('name', sorted(GLUE_FILES))
+def test_glue_reader_columns(name, tmp_path):
+  for filename, text in GLUE_FILES[name].items():
+    write(tmp_path / filename, text)
+  task = load_task(task_config(format='glue', name=name, data_dir=str(tmp_path)))
+  texts, label, task_type, task_metrics, symmetric = GLUE_EXPECTED[name]
+  first = task.splits['train'][0]
+  assert first.texts == texts and first.label == label
+  assert (task.type, task.metrics, task.symmetric) == (task_type, task_metrics, symmetric)
+  assert task.labels == glue.TASKS[name].labels
+  assert all(e.label is not None for e in task.splits['dev'])
+  if 'test' in task.splits:  # unlabelled; keeps GLUE's index for the submission file
+    assert all(e.label is None for e in task.splits['test'])
+    assert task.splits['test'][0].uid in ('0', '7')
+
+
+def test_glue_specific_layouts(tmp_path):
+  for filename, text in GLUE_FILES['cola'].items():
+    write(tmp_path / 'cola' / filename, text)
+  cola = load_task(task_config(format='glue', name='CoLA', data_dir=str(tmp_path / 'cola')))
+  assert [e.label for e in cola.splits['dev']] == ['0', '1']  # header-less file: no row lost
+  assert cola.splits['test'][1].texts == ('Left Bill the.',)
+  for filename, text in GLUE_FILES['qqp'].items():
+    write(tmp_path / 'qqp' / filename, text)
+  qqp = load_task(task_config(format='glue', name='qqp', data_dir=str(tmp_path / 'qqp')))
+  assert len(qqp.splits['train']) == 2  # the broken line is dropped
+  for filename, text in GLUE_FILES['mnli'].items():
+    write(tmp_path / 'mnli' / filename, text)
+  mnli = load_task(task_config(format='glue', name='mnli', data_dir=str(tmp_path / 'mnli')))
+  assert set(mnli.splits) == {'train', 'dev', 'dev_mismatched', 'test'}
+  assert mnli.splits['dev'][0].label == 'neutral'  # gold_label, not label1
+  assert mnli.splits['dev_mismatched'][0].texts == ('P.', 'Q.')
+  with pytest.raises(readers.TaskDataError, match='dev.tsv'):
+    load_task(task_config(format='glue', name='rte', data_dir=str(tmp_path / 'qqp' / 'none')))
+
+
+def test_unseen_glue_style_directory_from_config_alone(tmp_path):
+  """A GLUE-style TSV task this code has never heard of: columns and labels from the config."""
+  write(tmp_path / 'train.tsv', 'id\tpremise\thypothesis\tverdict\n'
+        '1\tA man sleeps.\tA person rests.\tyes\n2\tIt is day.\tIt is night.\tno\n'
+        '3\tShe sings.\tShe is loud.\tmaybe\n')
+  write(tmp_path / 'dev.tsv.gz', 'id\tpremise\thypothesis\tverdict\n9\tX.\tY.\tno\n')
+  task = load_task(task_config(format='tsv', data_dir=str(tmp_path),
+                               text_columns='premise,hypothesis', label_column='verdict'))
+  assert task.type == 'classification' and task.labels == ('maybe', 'no', 'yes')
+  assert task.splits['dev'][0].texts == ('X.', 'Y.') and 'test' not in task.splits
+  explicit = load_task(task_config(format='tsv', data_dir=str(tmp_path), labels='no,yes,maybe',
+                                   text_columns='premise,hypothesis', label_column='verdict'))
+  assert explicit.labels == ('no', 'yes', 'maybe')
+  with pytest.raises(readers.TaskDataError, match="no column 'sentence'"):
+    load_task(task_config(format='tsv', data_dir=str(tmp_path)))
+  with pytest.raises(readers.TaskDataError, match='not in'):
+    load_task(task_config(format='tsv', data_dir=str(tmp_path), labels='no,yes',
+                          text_columns='premise,hypothesis', label_column='verdict'))
+
+
+def test_csv_jsonl_headerless_and_regression(tmp_path):
+  write(tmp_path / 'csv' / 'train.csv', 'text,score\n"Good, really good",4.5\n"Bad ""film""",1\n')
+  write(tmp_path / 'csv' / 'dev.csv', 'text,score\nOk,3\n')
+  task = load_task(task_config(format='csv', data_dir=str(tmp_path / 'csv'), type='regression',
+                               text_columns='text', label_column='score'))
+  assert task.splits['train'][1].texts == ('Bad "film"',)
+  assert task.metrics == ('pearson', 'spearman') and task.num_outputs == 1
+  write(tmp_path / 'nohead' / 'train.tsv', 'a\t1\tfirst\nb\t0\tsecond\n')
+  write(tmp_path / 'nohead' / 'dev.tsv', 'c\t1\tthird\n')
+  task = load_task(task_config(format='tsv', data_dir=str(tmp_path / 'nohead'), header=False,
+                               text_columns='2', label_column='1', num_labels=2))
+  assert task.splits['dev'][0].texts == ('third',) and task.labels == ('0', '1')
+  lines = [{'q': 'Where?', 'options': ['here', 'there', 'nowhere'], 'answer': 2},
+           {'q': 'Who?', 'options': ['me', 'you', 'them'], 'answer': 0}]
+  write(tmp_path / 'mc' / 'train.jsonl', '\n'.join(map(json.dumps, lines)) + '\n')
+  write(tmp_path / 'mc' / 'dev.jsonl', json.dumps(lines[0]) + '\n')
+  task = load_task(task_config(format='jsonl', data_dir=str(tmp_path / 'mc'),
+                               type='multiple_choice', text_columns='q', label_column='answer',
+                               choice_columns='options'))
+  assert task.splits['train'][0].choices == ('here', 'there', 'nowhere')
+  assert task.splits['train'][0].label == 2
+
+
+def test_conll_reader_and_bio_detection(tmp_path):
+  write(tmp_path / 'train.txt', '-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n'
+        'German JJ B-NP B-MISC\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n')
+  write(tmp_path / 'dev.txt', 'Peter\tB-PER\n\n')
+  task = load_task(task_config(format='conll', data_dir=str(tmp_path)))
+  assert task.type == 'tagging' and task.metrics == ('entity_f1',)
+  assert task.splits['train'][1].words == ('Peter', 'Blackburn')
+  assert task.splits['train'][1].tags == ('B-PER', 'I-PER')
+  assert task.labels == ('B-MISC', 'B-ORG', 'B-PER', 'I-PER', 'O')
+  write(tmp_path / 'pos' / 'train.txt', 'The\tat\ndog\tnn\n\nA\tat\n')
+  write(tmp_path / 'pos' / 'dev.txt', 'cat\tnn\n')
+  pos = load_task(task_config(format='conll', data_dir=str(tmp_path / 'pos')))
+  assert pos.metrics == ('accuracy',) and pos.labels == ('at', 'nn')
+
+
+def test_vendored_tasks_load():
+  for name, overrides in finetune_config.VENDORED.items():
+    task = load_task(task_config(**overrides, eval_limit=5))
+    assert len(task.splits['train']) > 10000 and len(task.splits['dev']) == 5, name
+    assert {'train', 'dev', 'test'} <= set(task.splits)
+  brown = load_task(task_config(**finetune_config.VENDORED['tagging']))
+  assert len(brown.labels) > 80 and brown.metrics == ('accuracy',)
+
+
+# --- input transformations
+
+
+def test_bert_and_gpt_pair_layouts():
+  tok = PieceTokenizer()
+  a, b = tok.encode('aa bb'), tok.encode('cc')
+  bert = encoding.InputStyle.create('bert', tok)
+  ids, segments = bert.pack([a, b])
+  assert ids == [tok.cls_id, *a, tok.sep_id, *b, tok.sep_id]
+  assert segments == [0, 0, 0, 0, 1, 1]
+  gpt = encoding.InputStyle.create('gpt', tok)
+  ids, segments = gpt.pack([a, b])
+  assert ids == [tok.bos_id, *a, tok.sep_id, *b, tok.cls_id]  # start A delim B extract
+  assert set(segments) == {0}
+  assert encoding.truncate([[1] * 7, [2] * 3], 6) == [[1] * 3, [2] * 3]  # longest first
+
+
+def test_encode_sequences_padding_orders_and_choices():
+  tok = PieceTokenizer()
+  examples = [readers.Example(texts=('one two', 'three'), label='yes'),
+              readers.Example(texts=('four', 'five six seven'), label='unseen')]
+  style = encoding.InputStyle.create('gpt', tok)
+  arrays = encoding.encode_sequences(examples, tok, style, 8, task_type='classification',
+                                     labels=('no', 'yes'), both_orders=True)
+  assert arrays['input_ids'].shape == (2, 2, 8)
+  one, three = tok.encode('one two'), tok.encode('three')
+  assert list(arrays['input_ids'][0, 0, :7]) == [2, *one, 5, *three, 4]  # 'three' = thr|ee
+  assert list(arrays['input_ids'][0, 1, :7]) == [2, *three, 5, *one, 4]
+  assert list(arrays['attention_mask'][0, 0]) == [1] * 7 + [0]
+  assert list(arrays['labels']) == [1, 0] and list(arrays['label_weights']) == [1, 0]
+  assert arrays['input_ids'][1, 0, 7] == tok.cls_id  # truncated rows still end on extract
+  mc = [readers.Example(texts=('q',), choices=('a', 'b', 'c'), label=2),
+        readers.Example(texts=('r',), choices=('d', 'e'), label=0)]
+  arrays = encoding.encode_sequences(mc, tok, encoding.InputStyle.create('bert', tok), 6,
+                                     task_type='multiple_choice')
+  assert arrays['input_ids'].shape == (2, 3, 6)
+  assert arrays['choice_mask'].tolist() == [[1, 1, 1], [1, 1, 0]]
+  assert list(arrays['segment_ids'][0, 2, :4]) == [0, 0, 0, 1]
+  assert list(arrays['labels']) == [2, 0]
+
+
+def test_tagging_labels_on_first_subtoken():
+  tok = PieceTokenizer()
+  example = readers.Example(words=('a', 'international', 'dog'), tags=('at', 'jj', 'nn'))
+  style = encoding.InputStyle.create('bert', tok)
+  arrays, first = encoding.encode_tagging([example], tok, style, 16, labels=('at', 'jj', 'nn'))
+  # [CLS] a int ern ati ona l dog [SEP]: 'international' has 5 pieces
+  assert first.tolist() == [[1, 2, 7]]
+  assert arrays['label_weights'][0].nonzero()[0].tolist() == [1, 2, 7]
+  assert arrays['labels'][0, [1, 2, 7]].tolist() == [0, 1, 2]
+  assert arrays['input_ids'][0, 8] == tok.sep_id
+  # Cut off by max_len: the last word gets no position (scored as wrong, not dropped).
+  arrays, first = encoding.encode_tagging([example], tok, style, 6, labels=('at', 'jj', 'nn'))
+  assert first.tolist() == [[1, 2, -1]]
+  assert arrays['label_weights'][0].sum() == 2
+
+
+def test_squad_windows_and_span_decoding(tmp_path):
+  context = 'The cat sat on the mat near a dog. ' * 3 + 'Paris is the capital of France.'
+  answer_start = context.index('Paris')
+  data = {'data': [{'title': 't', 'paragraphs': [{'context': context, 'qas': [
+      {'id': 'q1', 'question': 'What is the capital?',
+       'answers': [{'text': 'Paris', 'answer_start': answer_start},
+                   {'text': 'Paris is', 'answer_start': answer_start}]}]}]}]}
+  write(tmp_path / 'train-v1.1.json', json.dumps(data))
+  write(tmp_path / 'dev-v1.1.json', json.dumps(data))
+  task = load_task(task_config(format='squad', data_dir=str(tmp_path)))
+  assert task.type == 'span' and task.metrics == ('f1', 'exact_match')
+  tok = PieceTokenizer()
+  style = encoding.InputStyle.create('bert', tok)
+  arrays, feature_example, token_to_word, words = squad.encode(
+      task.splits['train'], tok, style, 24, doc_stride=8, max_query_len=6)
+  assert len(feature_example) > 1 and set(feature_example) == {0}  # several windows
+  has = arrays['start_positions'] > 0
+  assert has.any() and not has.all()  # windows without the answer point at [CLS]
+  f = int(np.flatnonzero(has)[0])
+  s = arrays['start_positions'][f]
+  assert words[0][token_to_word[f, s]] == 'Paris'
+  # Decoding: logits peaked on the answer give its words back.
+  start = np.full(arrays['input_ids'].shape, -5.0)
+  end = np.full(arrays['input_ids'].shape, -5.0)
+  start[f, s], end[f, arrays['end_positions'][f]] = 5.0, 5.0
+  spans = squad.best_spans(start, end, feature_example, token_to_word, words, max_answer_len=5)
+  assert spans == ['Paris']
+  split = features.EncodedSplit(task.splits['dev'], arrays, feature_example, token_to_word,
+                                words=words)
+  predictions = features.to_predictions(task, split, {'start': start, 'end': end},
+                                        task_config())
+  assert task.score(task.splits['dev'], predictions) == {'f1': 1.0, 'exact_match': 1.0}
+
+
+# --- metrics against hand-computed values
+
+
+def test_classification_metrics():
+  gold, pred = [1, 1, 1, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 1, 1, 1]
+  # tp=3 fn=1 tn=2 fp=2
+  assert metrics.accuracy(gold, pred) == 5 / 8
+  assert metrics.f1(gold, pred) == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
+  assert metrics.matthews_corrcoef(gold, pred) == pytest.approx(
+      (3 * 2 - 2 * 1) / math.sqrt(5 * 4 * 4 * 3))
+  assert metrics.matthews_corrcoef([1, 1, 0], [1, 1, 1]) == 0.0  # undefined -> 0 (sklearn)
+  assert metrics.matthews_corrcoef([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
+
+
+def test_correlations_with_ties():
+  gold, pred = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 4.0]
+  # deviations: gold -1.5 -.5 .5 1.5; pred -1.75 .25 1.25 .25
+  assert metrics.pearson(gold, pred) == pytest.approx(3.5 / math.sqrt(5 * 4.75))
+  # ranks: gold 1 2 3 4, pred 1 2.5 4 2.5 (tie shares 2.5)
+  assert metrics.spearman(gold, pred) == pytest.approx(3 / math.sqrt(5 * 4.5))
+  assert metrics.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+
+
+def test_entity_f1_conlleval_rules():
+  gold = [['B-PER', 'I-PER', 'O', 'B-LOC'], ['B-ORG', 'O']]
+  pred = [['B-PER', 'I-PER', 'O', 'B-ORG'], ['I-ORG', 'O']]  # I- start counts as a chunk
+  scores = metrics.entity_scores(gold, pred)
+  assert scores['entity_precision'] == pytest.approx(2 / 3)
+  assert scores['entity_recall'] == pytest.approx(2 / 3)
+  assert scores['entity_f1'] == pytest.approx(2 / 3)
+  assert metrics.chunks(['B-A', 'I-B', 'I-B', 'O']) == {(0, 1, 'A'), (1, 3, 'B')}
+  assert metrics.token_accuracy([['a', 'b', 'c']], [['a', None, 'c']]) == pytest.approx(2 / 3)
+
+
+def test_squad_normalisation_and_scores():
+  assert metrics.normalize_answer('The  Eiffel-Tower, in PARIS!') == 'eiffeltower in paris'
+  assert metrics.normalize_answer('an apple and a pear') == 'apple and pear'
+  assert metrics.squad_f1('the big cat', 'a big dog') == pytest.approx(0.5)
+  scores = metrics.squad_scores([('Paris', 'the city of Paris'), ('1990',)],
+                                ['paris.', 'in 1990 or 1991'])
+  assert scores['exact_match'] == pytest.approx(0.5)
+  assert scores['f1'] == pytest.approx((1.0 + 2 * (1 / 4) * 1 / (1 / 4 + 1)) / 2)
+
+
+def test_task_score_and_majority_baseline(tmp_path):
+  write(tmp_path / 'train.tsv', 'sentence\tlabel\na\t1\nb\t1\nc\t0\n')
+  write(tmp_path / 'dev.tsv', 'sentence\tlabel\nd\t0\ne\t1\nf\t1\ng\t1\n')
+  task = load_task(task_config(format='tsv', data_dir=str(tmp_path), metrics='accuracy,f1,mcc'))
+  scores = task.score(task.splits['dev'], [0, 1, 0, 1])
+  assert scores == pytest.approx({'accuracy': 0.75, 'f1': 0.8,
+                                  'mcc': metrics.matthews_corrcoef([0, 1, 1, 1], [0, 1, 0, 1])})
+  baseline = features.majority_baseline(task, task.splits['train'], task.splits['dev'])
+  assert baseline['accuracy'] == 0.75
