@@ -8,7 +8,7 @@ eval_step returns pairs that the caller sums over the held-out batches).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -97,6 +97,32 @@ def _loss_keys(objective: Objective) -> tuple[str, ...]:
   return ('mlm_loss', 'nsp_loss') if objective.name == 'mlm_nsp' else ('mlm_loss',)
 
 
+def accumulate_gradients(loss_fn: Callable, params, batch: dict[str, jax.Array], rng: jax.Array,
+                         grad_accum_steps: int = 1):
+  """Gradient of `loss_fn(params, batch, rng) -> (loss, aux)`, summed with its aux over
+  `grad_accum_steps` sequential micro-batches (activation memory of one micro-batch only).
+
+  The sum equals the full-batch gradient when loss_fn normalises by whole-batch weights.
+  Micro-batch i draws its dropout from fold_in(rng, i).
+  """
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    return grad_fn(params, batch, rng)
+  # [batch, ...] -> [accum, batch / accum, ...]
+  micro_batches = jax.tree.map(
+      lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+
+  def accumulate(carry, inputs):
+    index, micro = inputs
+    out = grad_fn(params, micro, jax.random.fold_in(rng, index))
+    return jax.tree.map(jnp.add, carry, out), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      grad_fn, params, jax.tree.map(lambda x: x[0], micro_batches), rng))
+  total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
+  return total
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                objective: Objective, tx: optax.GradientTransformation,
                grad_accum_steps: int = 1,
@@ -114,24 +140,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     terms = loss_terms(model, objective, params, micro, rng)
     return sum(terms[k][0] / normalizers[k] for k in keys), terms
 
-  grad_fn = jax.grad(loss_fn, has_aux=True)
-  if grad_accum_steps == 1:
-    grads, metrics = grad_fn(state.params, batch, step_rng)
-  else:
-    # [batch, ...] -> [accum, batch / accum, ...]
-    micro_batches = jax.tree.map(
-        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
-        batch)
-
-    def accumulate(carry, inputs):
-      index, micro = inputs
-      grads, metrics = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
-      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches), step_rng))
-    (grads, metrics), _ = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
+  grads, metrics = accumulate_gradients(loss_fn, state.params, batch, step_rng,
+                                        grad_accum_steps)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research import steps
 from research.state import TrainState
 
 _NEG = -1e9  # logit of impossible choices / positions (finite: no NaN for empty rows)
@@ -108,24 +109,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       loss += objective.lm_loss_weight * terms['lm_loss'][0] / norms['lm_loss']
     return loss, terms
 
-  grad_fn = jax.grad(loss_fn, has_aux=True)
-  if grad_accum_steps == 1:
-    grads, terms = grad_fn(state.params, batch, step_rng)
-  else:
-    # [batch, ...] -> [accum, batch / accum, ...]
-    micro_batches = jax.tree.map(
-        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
-        batch)
-
-    def accumulate(carry, inputs):
-      index, micro = inputs
-      out = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
-      return jax.tree.map(jnp.add, carry, out), None
-
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches), step_rng))
-    (grads, terms), _ = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
+  grads, terms = steps.accumulate_gradients(loss_fn, state.params, batch, step_rng,
+                                            grad_accum_steps)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
