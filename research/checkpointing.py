@@ -42,6 +42,7 @@ class Checkpointer:
   """Saves and restores `(state, data_state)` pairs, keeping the last `keep`."""
 
   def __init__(self, directory: str, keep: int):
+    directory = os.path.abspath(directory)  # Orbax rejects relative paths (e.g. --workdir=runs/x)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     # One handler instance per item serves both its save and restore args.
     state_handler = ocp.StandardCheckpointHandler()

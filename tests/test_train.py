@@ -44,7 +44,8 @@ def configure(config, corpus: str, steps_: int) -> ml_collections.ConfigDict:
                                         'configs/bert.py:variant=tiny,nsp=0',
                                         'configs/gpt.py:variant=tiny'])
 def test_two_step_cli_run(config_arg, small_corpus, tmp_path):
-  result = run_main(f'--config={config_arg}', f'--workdir={tmp_path}',
+  workdir = os.path.relpath(tmp_path, REPO)  # a relative --workdir, as the README shows
+  result = run_main(f'--config={config_arg}', f'--workdir={workdir}',
                     *tiny_overrides(small_corpus))
   assert result.returncode == 0, result.stderr[-3000:]
   records = read_metrics(tmp_path)
