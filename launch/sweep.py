@@ -248,4 +248,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as e:  # bad input: one line, not a traceback
+    sys.exit(f'error: {e}')
