@@ -28,9 +28,10 @@ bench: $(STAMP)
 	$(PY) -m research.benchmarks.train_throughput
 
 # BERT Table 5 "why bidirectional" in miniature: pretrain 3 models, fine-tune 5 settings x
-# 3 tasks x 3 seeds, write runs/table5/table.md + table.png (configs/repro/bert_table5.py).
+# 3 tasks x 3 seeds (two runs at a time), write runs/table5/table.md + table.png
+# (configs/repro/bert_table5.py).
 repro-table5: $(STAMP)
-	$(PY) -m launch.repro --config=configs/repro/bert_table5.py:variant=tiny --root=runs/table5
+	$(PY) -m launch.repro --config=configs/repro/bert_table5.py:variant=tiny --root=runs/table5 --parallel=2
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
