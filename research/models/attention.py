@@ -43,8 +43,12 @@ def make_mask(query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.Array
 
 
 def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
-  """Empty cache for one layer: keys and values [batch, length, heads, head_dim]."""
-  shape = (batch, length, cfg.num_heads, cfg.head_dim)
+  """Empty cache for one layer: keys and values [batch, heads, length, head_dim].
+
+  Heads before slots: each decode step reads every head's keys as one contiguous
+  [length, head_dim] matrix, the layout the attention einsums consume, so XLA does not
+  transpose the whole cache in every layer at every step (measured: `benchmarks/generation.py`)."""
+  shape = (batch, cfg.num_heads, length, cfg.head_dim)
   return {'k': jnp.zeros(shape, cfg.compute_dtype), 'v': jnp.zeros(shape, cfg.compute_dtype)}
 
 
@@ -69,22 +73,23 @@ class MultiHeadAttention(nn.Module):
         kernel_init=dense_init(cfg.init_std, ('embed', 'heads', 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
     q = proj('query')(x)  # [batch, q_len, heads, head_dim]
-    k = proj('key')(x)
-    v = proj('value')(x)
+    # Keys and values heads-first, the cache's layout: [batch, heads, q_len, head_dim].
+    k = proj('key')(x).transpose(0, 2, 1, 3)
+    v = proj('value')(x).transpose(0, 2, 1, 3)
 
     if cache is not None:
-      start = (0, cache_index, 0, 0)
+      start = (0, 0, cache_index, 0)
       k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), start)
       v = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), start)
-      cache = {'k': k, 'v': v}  # [batch, cache_len, heads, head_dim]
+      cache = {'k': k, 'v': v}  # [batch, heads, cache_len, head_dim]
 
     q = q / jnp.sqrt(cfg.head_dim).astype(dtype)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)  # [batch, heads, q_len, k_len]
+    logits = jnp.einsum('bqhd,bhkd->bhqk', q, k)  # [batch, heads, q_len, k_len]
     # Softmax in float32 even under bfloat16 compute: masked logits must underflow to 0.
     logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
     dropped = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(dtype), v)  # [batch, q_len, heads, head_dim]
+    out = jnp.einsum('bhqk,bhkd->bqhd', dropped.astype(dtype), v)  # [batch, q_len, heads, head_dim]
     out = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), dtype=dtype, name='out',
         kernel_init=dense_init(self.residual_std, ('heads', 'kv', 'embed')),
