@@ -3,9 +3,9 @@
 BERT Sec 4 / Fig. 4 and GPT-1 Sec 3.2-3.3 / Fig. 1: every parameter is updated, only the
 head starts from scratch. `config.finetune.init_from` names a pretraining workdir (empty: the
 same architecture from random weights, the "no pretraining" baseline); `config.task` names
-the data (research/tasks/task.py). The loop is the pretraining loop's pattern: one jitted
-step with shardings and donation, Orbax checkpoints holding params, optimizer, PRNG and the
-input iterator (so a killed run resumes exactly), metrics.jsonl through the Reporter.
+the data (research/tasks/task.py). The step loop is pretraining's (loop.py): one jitted step
+with shardings and donation, Orbax checkpoints holding params, optimizer, PRNG and the input
+iterator (so a killed run resumes exactly), metrics.jsonl through the Reporter.
 
 A fine-tuning workdir is self-contained: `pretrained.json` records the architecture and where
 it came from and `tokenizer.model` is copied in, so resuming and `--mode=eval` need neither the
@@ -31,7 +31,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from research import checkpointing, flops, optim, reporting, sharding, state as state_lib, steps
+from research import (checkpointing, flops, loop, optim, reporting, sharding, state as state_lib,
+                      steps)
 from research.data import tokenizer as tokenizer_lib
 from research.models import task_model
 from research.models.config import ModelConfig
@@ -361,23 +362,18 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
   else:
     reporter.log_event(start, event='resumed')
 
-  results = {}
-  for step in range(start, config.train.steps):
-    batch = sharding.global_batch(next(data_iter), ft.mesh)
-    state, metrics = train_step(state, batch)
-    done = step + 1
-    reporter.train(done, metrics)
+  def after_step(done: int, state) -> dict | None:
     if done == config.train.steps:
-      results = _final_eval(ft, evaluate, state.params, reporter, done)
-    elif done % config.train.eval_every == 0:
+      return _final_eval(ft, evaluate, state.params, reporter, done)
+    if done % config.train.eval_every == 0:
       reporter.eval(done, evaluate(state.params, 'dev')[0], prefix='dev')
-    # The final checkpoint is written after the final evaluation, so its presence means the
-    # run is complete (launch/sweep.py skips such runs).
-    if done % config.checkpoint.every == 0 or done == config.train.steps:
-      ckpt.save(done, state, data_iter.get_state())
+    return None
+
+  state, results = loop.run(
+      state, train_step, data_iter, ft.mesh, total_steps=config.train.steps, reporter=reporter,
+      ckpt=ckpt, checkpoint_every=config.checkpoint.every, after_step=after_step)
   if not results:  # already complete when started
     results = {f'dev/{k}': v for k, v in evaluate(state.params, 'dev')[0].items()}
-  ckpt.wait()
   ckpt.close()
   reporter.close()
   return results

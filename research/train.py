@@ -1,4 +1,4 @@
-"""The training loop: build or restore, step, log, evaluate, checkpoint, resume.
+"""Pretraining: build or restore, then the step loop (loop.py), evaluation and `--mode=eval`.
 
 Everything stateful a resumed run needs is in the checkpoint: params, optimizer state, step,
 the dropout PRNG key (state.py) and the input iterator's position (data/pipeline.py). A run
@@ -16,7 +16,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from research import checkpointing, flops, optim, reporting, sharding, state as state_lib, steps
+from research import (checkpointing, flops, loop, optim, reporting, sharding, state as state_lib,
+                      steps)
 from research.data import corpus, pipeline, tokenizer as tokenizer_lib
 from research.models.config import ModelConfig
 
@@ -161,19 +162,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     reporter.log_event(start, event='resumed')
 
-  eval_metrics = {}
-  for step in range(start, config.train.steps):
-    batch = sharding.global_batch(next(data_iter), exp.mesh)
-    state, metrics = train_step(state, batch)
-    done = step + 1
-    reporter.train(done, metrics)
-    last = done == config.train.steps
-    if evaluate and (done % config.train.eval_every == 0 or last):
-      eval_metrics = evaluate(state.params)
-      reporter.eval(done, eval_metrics)
-    if done % config.checkpoint.every == 0 or last:
-      ckpt.save(done, state, data_iter.get_state())
-  ckpt.wait()
+  def after_step(done: int, state) -> dict | None:
+    if evaluate and (done % config.train.eval_every == 0 or done == config.train.steps):
+      metrics = evaluate(state.params)
+      reporter.eval(done, metrics)
+      return metrics
+    return None
+
+  state, eval_metrics = loop.run(
+      state, train_step, data_iter, exp.mesh, total_steps=config.train.steps, reporter=reporter,
+      ckpt=ckpt, checkpoint_every=config.checkpoint.every, after_step=after_step)
   ckpt.close()
   reporter.close()
   if not eval_metrics and evaluate:  # already at the final step when started
