@@ -108,10 +108,7 @@ def load(directory: str, seed: int = 0) -> hf.Imported:
   """Imports an HF BERT directory; `seed` initialises any head the checkpoint lacks."""
   cfg = config_from_hf(hf.read_config(directory), directory)
   tokenizer = HFTokenizer.load_wordpiece(directory)
-  if tokenizer.vocab_size > cfg.vocab_size:
-    raise hf.ConversionError(
-        f'{directory}: the vocabulary has {tokenizer.vocab_size} tokens but the checkpoint '
-        f'embeds only {cfg.vocab_size}; the vocabulary files belong to another model')
+  hf.check_vocab_fits(tokenizer.vocab_size, cfg.vocab_size, directory)
   weights = hf.read_weights(directory)
   # BertModel checkpoints name their tensors without the 'bert.' prefix.
   prefix = 'bert.' if any(k.startswith('bert.') for k in weights) else ''

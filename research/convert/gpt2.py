@@ -94,10 +94,7 @@ def load(directory: str) -> hf.Imported:
   """Imports an HF GPT-2 directory (GPT2LMHeadModel or the bare GPT2Model)."""
   cfg = config_from_hf(hf.read_config(directory), directory)
   tokenizer = HFTokenizer.load_byte_level_bpe(directory)
-  if tokenizer.vocab_size > cfg.vocab_size:
-    raise hf.ConversionError(
-        f'{directory}: the vocabulary has {tokenizer.vocab_size} tokens but the checkpoint '
-        f'embeds only {cfg.vocab_size}; the vocabulary files belong to another model')
+  hf.check_vocab_fits(tokenizer.vocab_size, cfg.vocab_size, directory)
   weights = hf.read_weights(directory)
   # The original OpenAI-converted checkpoints name tensors without 'transformer.'.
   prefix = 'transformer.' if any(k.startswith('transformer.') for k in weights) else ''

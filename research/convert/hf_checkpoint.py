@@ -101,6 +101,14 @@ def check_model_type(config: dict, expected: str, directory: str):
         f'is not supported here; this importer reads {expected!r} checkpoints')
 
 
+def check_vocab_fits(tokenizer_size: int, embedded: int, directory: str):
+  """The tokenizer's ids must index the checkpoint's embedding table."""
+  if tokenizer_size > embedded:
+    raise ConversionError(
+        f'{directory}: the vocabulary has {tokenizer_size} tokens but the checkpoint embeds '
+        f'only {embedded}; the vocabulary files belong to another model')
+
+
 def read_weights(directory: str) -> dict[str, np.ndarray]:
   """All tensors of model.safetensors as float32 numpy arrays (bf16/fp16 widened exactly)."""
   path = os.path.join(directory, WEIGHTS_FILE)
