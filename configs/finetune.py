@@ -76,7 +76,7 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.task.eval_limit = 0             # >0: evaluate only the first N examples of each other split
 
   c.finetune = ml_collections.ConfigDict()
-  c.finetune.init_from = ''         # pretraining workdir; '' = random init (no-pretraining baseline)
+  c.finetune.init_from = ''         # pretraining workdir or HF BERT/GPT-2 directory; '' = random init (no-pretraining baseline)
   c.finetune.init_step = 0          # checkpoint step of init_from; 0 = its latest
   c.finetune.family = 'encoder'     # random init only: 'encoder' (BERT) or 'decoder' (GPT)
   c.finetune.input_style = 'auto'   # 'auto' (encoder: bert, decoder: gpt) | 'bert' | 'gpt'

@@ -7,8 +7,11 @@ the data (research/tasks/task.py). The step loop is pretraining's (loop.py): one
 with shardings and donation, Orbax checkpoints holding params, optimizer, PRNG and the input
 iterator (so a killed run resumes exactly), metrics.jsonl through the Reporter.
 
+`init_from` may also be a Hugging Face BERT or GPT-2 directory (research/convert imports it
+with its own WordPiece / byte-level BPE vocabulary).
+
 A fine-tuning workdir is self-contained: `pretrained.json` records the architecture and where
-it came from and `tokenizer.model` is copied in, so resuming and `--mode=eval` need neither the
+it came from and the tokenizer is copied in (`tokenizer.model`, or `hf_tokenizer/`), so resuming and `--mode=eval` need neither the
 pretraining workdir nor its corpus. Dev metrics are logged under `dev/` every
 `train.eval_every` steps; at the end every split is evaluated (`dev/`, `test/`, MNLI's
 `dev_mismatched/` ...) and its predictions written to `predictions/<split>.tsv` (unlabelled
@@ -31,8 +34,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from research import (checkpointing, flops, loop, optim, reporting, sharding, state as state_lib,
-                      steps)
+from research import (checkpointing, convert, flops, loop, optim, reporting, sharding,
+                      state as state_lib, steps)
+from research.convert.hf_checkpoint import WEIGHTS_FILE
+from research.convert.hf_tokenizer import HFTokenizer
 from research.data import tokenizer as tokenizer_lib
 from research.models import task_model
 from research.models.config import ModelConfig
@@ -40,6 +45,7 @@ from research.tasks import encoding, features, losses
 from research.tasks.task import Task, load_task
 
 PRETRAINED_FILE = 'pretrained.json'
+HF_TOKENIZER_DIR = 'hf_tokenizer'  # an imported checkpoint's vocabulary, kept in the workdir
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 
@@ -58,7 +64,7 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: --config.finetune.init_from must be a '
                             'pretraining workdir (with config.json, tokenizer.model and '
-                            'checkpoints/)')
+                            f'checkpoints/) or an HF model directory (with {WEIGHTS_FILE})')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -68,13 +74,21 @@ def _tokenizer_of(pre: ml_collections.ConfigDict, workdir: str):
   return tokenizer_lib.Tokenizer.load(path), path
 
 
-def load_pretrained(path: str, mesh=None, step: int | None = None) -> Pretrained:
-  """Backbone params, architecture and tokenizer of a pretraining workdir's checkpoint.
+def is_hf_directory(path: str) -> bool:
+  return os.path.exists(os.path.join(path, WEIGHTS_FILE))
 
-  The checkpoint is restored into the pretraining run's own state layout (rebuilt from its
-  config.json), laid out over `mesh` (default: all devices), and only the backbone is kept:
-  BERT's `encoder` subtree (MLM/NSP heads dropped) or the whole GPT tree.
+
+def load_pretrained(path: str, mesh=None, step: int | None = None) -> Pretrained:
+  """Backbone params, architecture and tokenizer of a pretraining workdir's checkpoint, or of
+  an HF BERT / GPT-2 directory (imported by research/convert with its own vocabulary).
+
+  A workdir's checkpoint is restored into the pretraining run's own state layout (rebuilt
+  from its config.json), laid out over `mesh` (default: all devices), and only the backbone
+  is kept: BERT's `encoder` subtree (MLM/NSP heads dropped) or the whole GPT tree.
   """
+  if is_hf_directory(path):
+    imported = convert.load(path)
+    return Pretrained(imported.cfg, imported.family, imported.backbone, imported.tokenizer, 0)
   pre = _read_config(path)
   mesh = mesh or sharding.make_mesh(pre.mesh)
   tok, _ = _tokenizer_of(pre, path)
@@ -132,14 +146,14 @@ def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
       raise ValueError(f'{workdir} was fine-tuned from init_from={record["init_from"]!r}, not '
                        f'{init_from!r}; use a fresh --workdir')
     if not (need_params and init_from):
-      tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.model'))
-      return ModelConfig(**record['model']), record['family'], tok, None
+      return ModelConfig(**record['model']), record['family'], _kept_tokenizer(workdir, record), None
 
   pretrained = None
   if init_from:
     pretrained = load_pretrained(init_from, mesh, config.finetune.init_step or None)
     model_cfg, family, tok = pretrained.model_cfg, pretrained.family, pretrained.tokenizer
-    tokenizer_file = _tokenizer_of(_read_config(init_from), init_from)[1]
+    tokenizer_file = (None if is_hf_directory(init_from)
+                      else _tokenizer_of(_read_config(init_from), init_from)[1])
   else:
     tokenizer_file = config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
     if config.data.tokenizer.path:  # e.g. the pretrained models' tokenizer, for a fair baseline
@@ -155,14 +169,33 @@ def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
     family = config.finetune.family
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    local_copy = os.path.join(workdir, 'tokenizer.model')
-    if os.path.abspath(tokenizer_file) != os.path.abspath(local_copy):
-      shutil.copyfile(tokenizer_file, local_copy)
     with open(record_path, 'w') as f:
       json.dump({'family': family, 'model': dataclasses.asdict(model_cfg),
-                 'init_from': init_from, 'init_step': pretrained.step if pretrained else None},
-                f, indent=2)
+                 'init_from': init_from, 'init_step': pretrained.step if pretrained else None,
+                 'tokenizer': _keep_tokenizer(tok, tokenizer_file, workdir)}, f, indent=2)
   return model_cfg, family, tok, pretrained
+
+
+def _keep_tokenizer(tok, source_file: str | None, workdir: str) -> str:
+  """Copies the tokenizer into the workdir: the SentencePiece model file, or (source_file
+  None) an imported HF vocabulary. Returns its kind, for `_kept_tokenizer`."""
+  if source_file is None:
+    tok.save(os.path.join(workdir, HF_TOKENIZER_DIR))
+    return 'hf'
+  local_copy = os.path.join(workdir, 'tokenizer.model')
+  if os.path.abspath(source_file) != os.path.abspath(local_copy):
+    shutil.copyfile(source_file, local_copy)
+  return 'sentencepiece'
+
+
+def _kept_tokenizer(workdir: str, record: dict):
+  """The tokenizer `_keep_tokenizer` stored in the workdir."""
+  if record.get('tokenizer') == 'hf':
+    directory = os.path.join(workdir, HF_TOKENIZER_DIR)
+    if record['family'] == 'encoder':
+      return HFTokenizer.load_wordpiece(directory)
+    return HFTokenizer.load_byte_level_bpe(directory)
+  return tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.model'))
 
 
 def _resolve(config, num_train: int) -> ml_collections.ConfigDict:

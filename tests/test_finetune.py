@@ -261,6 +261,30 @@ def test_finetune_resume_equals_uninterrupted(pretrained, tmp_path, monkeypatch)
   assert max(losses(tmp_path / 'resumed')) == 4
 
 
+HF_FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
+
+
+@pytest.mark.parametrize('name', ['hf_bert_tiny', 'hf_gpt2_tiny'])
+def test_finetune_from_imported_hf_checkpoint(name, tmp_path):
+  """init_from may be an HF directory: its weights start the backbone, its own vocabulary
+  (kept in the workdir) encodes the task, and --mode=eval reloads both."""
+  from research import convert
+  directory = os.path.join(HF_FIXTURES, name)
+  imported = convert.load(directory)
+  config = finetune_cfg(sentiment_dir(tmp_path / 'data'), directory)
+  workdir = str(tmp_path / 'run')
+  ft, pretrained = finetune.build(config, workdir, need_params=True)
+  assert ft.family == imported.family
+  assert ft.tokenizer.encode('the cat') == imported.tokenizer.encode('the cat')
+  key = 'encoder' if ft.family == 'encoder' else 'decoder'
+  state = finetune._load_backbone(ft, ft.init_state(), pretrained)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params[key]),
+               jax.tree.map(np.asarray, imported.backbone))
+  results = finetune.run_finetune(config, workdir)
+  again = finetune.evaluate_finetuned(config, workdir)
+  assert again['dev/accuracy'] == results['dev/accuracy']
+
+
 def test_bad_init_from_is_a_clear_error(tmp_path):
   task_dir = sentiment_dir(tmp_path / 'data')
   with pytest.raises(FileNotFoundError, match='pretraining workdir'):

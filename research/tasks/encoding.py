@@ -44,7 +44,17 @@ class InputStyle:
   def create(cls, name: str, tokenizer) -> 'InputStyle':
     if name not in STYLES:
       raise ValueError(f'unknown input style {name!r}; use one of {STYLES}')
-    return cls(name, tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.bos_id)
+    cls_id, sep_id, bos_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.bos_id
+    if name == 'gpt':
+      # A vocabulary without [CLS]/[SEP] (GPT-2's) marks start, delimiter and extract with its
+      # end-of-text token, as GPT-2 fine-tuning recipes do.
+      cls_id = tokenizer.eos_id if cls_id is None else cls_id
+      sep_id = tokenizer.eos_id if sep_id is None else sep_id
+    if None in (cls_id, sep_id, bos_id if name == 'gpt' else 0):
+      raise ValueError(f'input style {name!r} needs special tokens this vocabulary lacks '
+                       f'(cls={cls_id}, sep={sep_id}, bos={bos_id}); use '
+                       f'--config.finetune.input_style={"gpt" if name == "bert" else "bert"}')
+    return cls(name, tokenizer.pad_id, cls_id, sep_id, bos_id)
 
   def num_specials(self, num_segments: int) -> int:
     return num_segments + 1  # BERT: [CLS] + one [SEP] each; GPT: start + delims + extract
