@@ -153,6 +153,9 @@ def test_finetune_bert_from_pretrained_workdir(pretrained, tmp_path):
   for name in ('pretrained.json', 'tokenizer.model', 'config.json', 'predictions/dev.tsv'):
     assert (workdir / name).exists(), name
   assert (workdir / 'checkpoints' / '2').is_dir()
+  lines = (workdir / 'predictions' / 'dev.tsv').read_text().splitlines()
+  assert lines[0] == 'index\tprediction' and len(lines) == 1 + 16  # GLUE submission format
+  assert {line.split('\t')[1] for line in lines[1:]} <= {'0', '1'}
 
   # The encoder starts from the pretraining checkpoint, bit for bit; the head is new.
   ft, loaded = finetune.build(config, str(tmp_path / 'fresh'), need_params=True)

@@ -68,8 +68,8 @@ def to_predictions(task: Task, split: EncodedSplit, outputs: dict[str, np.ndarra
 
 
 def prediction_rows(task: Task, split: EncodedSplit, predictions: list[Any]) -> list[str]:
-  """Lines of a predictions file: `uid<TAB>prediction` (GLUE's submission format), or
-  `word<TAB>tag` sentences for tagging."""
+  """Lines of a predictions file: a header `index<TAB>prediction` and one `uid<TAB>prediction`
+  line per example (GLUE's submission format), or `word<TAB>tag` sentences for tagging."""
   if task.type == 'tagging':
     lines = []
     for e, tags in zip(split.examples, predictions):
@@ -78,7 +78,8 @@ def prediction_rows(task: Task, split: EncodedSplit, predictions: list[Any]) -> 
     return lines
   if task.type == 'classification':
     predictions = [task.labels[p] for p in predictions]
-  return [f'{e.uid}\t{p}' for e, p in zip(split.examples, predictions)]
+  rows = [f'{e.uid}\t{p}' for e, p in zip(split.examples, predictions)]
+  return ['index\tprediction', *rows]
 
 
 def majority_baseline(task: Task, train: list[Example], dev: list[Example]) -> dict[str, float]:
