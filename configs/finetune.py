@@ -25,7 +25,7 @@ is empty (a pretrained workdir decides the architecture otherwise).
 
 Expected (task=sentiment, defaults: 3 epochs = 956 steps, ~2 min on a 2-core CPU): dev
 accuracy ~72% from random weights (majority class: 60%); a tiny BERT pretrained 3,000 steps on
-Austen reaches only ~68% (Austen is far from movie reviews; see README "Reproductions").
+Austen reaches only ~68% (too little pretraining to help this task; README "Reproductions").
 task=paraphrase, 300 steps: ~63% pretrained vs ~60% from random weights (chance: 50%).
 """
 import pathlib
