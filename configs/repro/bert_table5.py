@@ -21,7 +21,8 @@ table of mean ± std beside the paper's numbers, and a plot.
 arg: variant=tiny|base; stage=pretrain|finetune (the sweep stage); objective= (pretrain);
 task=, setting= (finetune); pretrained=DIR (where the pretraining runs live, named
 `objective=<name>` by launch/sweep.py); seeds=3; corpus= (default: vendored Austen);
-pretrain_steps= / finetune_steps= (0: the variant's value; smaller for a quick check).
+pretrain_steps= / finetune_steps= / finetune_lr= (0: the variant's value; e.g. smaller for a
+quick check, or another rate: BERT picks the best fine-tuning rate per task on dev, A.3).
 
 variant=tiny: BERT-tiny shape (2 layers, d=128), 1,500 pretraining steps of 32 x 128 tokens
 (~7 passes over Austen), then 300 fine-tuning steps of 32 examples at lr 1e-3; 3 tasks x 5
@@ -69,7 +70,7 @@ VARIANTS = {
 def _args(arg: str) -> dict:
   args = base.parse_arg(arg, variant='tiny', stage='pretrain', objective='mlm_nsp',
                         task='sentiment', setting='mlm_nsp', pretrained='', seeds=3, corpus='',
-                        pretrain_steps=0, finetune_steps=0)
+                        pretrain_steps=0, finetune_steps=0, finetune_lr=0.0)
   if args['variant'] not in VARIANTS:
     raise ValueError(f"variant={args['variant']!r}; use one of {sorted(VARIANTS)}")
   return args
@@ -124,7 +125,7 @@ def _finetune_config(args: dict, variant: dict):
     c.train.steps = steps
   c.train.eval_every = 10**9  # dev once, at the end (the table's number)
   c.checkpoint.every = 10**9
-  c.optim.learning_rate = variant['finetune_lr']
+  c.optim.learning_rate = args['finetune_lr'] or variant['finetune_lr']
   return c
 
 
