@@ -11,11 +11,12 @@ iterator (so a killed run resumes exactly), metrics.jsonl through the Reporter.
 with its own WordPiece / byte-level BPE vocabulary).
 
 A fine-tuning workdir is self-contained: `pretrained.json` records the architecture and where
-it came from and the tokenizer is copied in (`tokenizer.model`, or `hf_tokenizer/`), so resuming and `--mode=eval` need neither the
-pretraining workdir nor its corpus. Dev metrics are logged under `dev/` every
-`train.eval_every` steps; at the end every split is evaluated (`dev/`, `test/`, MNLI's
-`dev_mismatched/` ...) and its predictions written to `predictions/<split>.tsv` (unlabelled
-splits, e.g. GLUE test sets, get predictions only, in GLUE's submission format).
+it came from and the tokenizer is copied in (`tokenizer.model`, or `hf_tokenizer/`), so
+resuming and `--mode=eval` need neither the pretraining workdir nor its corpus. Dev metrics
+are logged under `dev/` every `train.eval_every` steps; at the end every split is evaluated
+(`dev/`, `test/`, MNLI's `dev_mismatched/` ...) and its predictions written to
+`predictions/<split>.tsv` (unlabelled splits, e.g. GLUE test sets, get predictions only, in
+GLUE's submission format).
 """
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
       raise ValueError(f'{workdir} was fine-tuned from init_from={record["init_from"]!r}, not '
                        f'{init_from!r}; use a fresh --workdir')
     if not (need_params and init_from):
-      return ModelConfig(**record['model']), record['family'], _kept_tokenizer(workdir, record), None
+      tok = _kept_tokenizer(workdir, record)
+      return ModelConfig(**record['model']), record['family'], tok, None
 
   pretrained = None
   if init_from:
