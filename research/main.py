@@ -14,6 +14,7 @@ one-line `error:` message and exit status 2; nothing already saved is touched.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import jax
@@ -81,6 +82,37 @@ def run(config, workdir: str, mode: str):
   return None
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, except that a bad flag or --config (unknown argument or key, a value
+  of the wrong type) ends in one `error:` line and exit status 2, like any other bad input:
+  absl would print the config file's traceback, or none of ml_collections' hint."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()  # a config file that failed to load raises on first use: here
+    return remaining
+  except (AttributeError, KeyError) as e:  # ml_collections: a mistyped --config.a.b key
+    print(f'error: unknown config key {_last_message(e)}', file=sys.stderr)
+  except OSError as e:  # the config file itself
+    print(f'error: --config: {str(e).strip().splitlines()[-1].strip()}', file=sys.stderr)
+  except (flags.Error, ValueError, TypeError) as e:
+    print(f'error: {_last_message(e)}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _last_message(error: Exception) -> str:
+  """The message that names the problem: the innermost error of a traceback nested in the
+  text (ml_collections reports config-file errors so), else the text on one line."""
+  text = str(error)
+  nested = re.findall(r'^\w+(?:Error|Exception): (.*)$', text, re.MULTILINE)
+  if nested:
+    return nested[-1]
+  text = text.replace('\\n', ' ').replace("\\'", "'")  # a KeyError's repr inside
+  if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+    text = text[1:-1]
+  return ' '.join(text.split())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -100,4 +132,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

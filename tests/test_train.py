@@ -213,6 +213,18 @@ def test_unknown_config_key_fails(tmp_path):
   assert 'stpes' in result.stderr
 
 
+@pytest.mark.parametrize('args,fragments', [
+    (('--config=configs/gpt.py', '--config.train.stpes=5'), ('unknown config key', 'steps')),
+    (('--config=configs/gpt.py:varaint=tiny',), ('unknown config argument', 'variant')),
+    (('--config=configs/gpt.py', '--config.train.steps=many'), ('train.steps', 'many')),
+    (('--config=configs/nowhere.py',), ('--config', 'nowhere.py')),
+])
+def test_bad_config_flags_are_one_line_errors(tmp_path, args, fragments):
+  result = run_main(*args, f'--workdir={tmp_path}')
+  assert_one_line_error(result, *fragments)
+  assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_sequence_longer_than_positions_is_one_line_error(small_corpus, tmp_path):
   result = run_main('--config=configs/gpt.py', f'--workdir={tmp_path}',
                     *tiny_overrides(small_corpus), '--config.model.max_len=16')
