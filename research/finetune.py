@@ -372,12 +372,10 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
     data_iter.set_state(data_state)
     logging.info('resumed fine-tuning from step %d of %s', latest, workdir)
 
-  shardings = state_lib.shardings_of(ft.abstract_state)
-  train_step = jax.jit(
+  train_step = loop.compile_step(
       functools.partial(losses.train_step, model=ft.model, objective=ft.objective, tx=ft.tx,
                         grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(shardings, sharding.batch_sharding(ft.mesh)),
-      out_shardings=(shardings, None), donate_argnums=0)
+      ft.abstract_state, ft.mesh)
   evaluate = make_eval_fn(ft)
   ids = ft.splits['train'].arrays['input_ids']
   reporter = reporting.Reporter(

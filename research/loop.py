@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from research import checkpointing, reporting, sharding
+import jax
+
+from research import checkpointing, reporting, sharding, state as state_lib
+
+
+def compile_step(step_fn: Callable, abstract_state, mesh) -> Callable:
+  """`step_fn(state, batch) -> (state, metrics)` jitted once: the state keeps the shardings
+  planned for it (state.py), the batch is split over the mesh's data axes, and the input state
+  is donated so its buffers are reused for the output."""
+  shardings = state_lib.shardings_of(abstract_state)
+  return jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, None), donate_argnums=0)
 
 
 def run(state, train_step: Callable, data_iter: Iterator, mesh, *, total_steps: int,

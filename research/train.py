@@ -138,13 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_iter.set_state(data_state)
     logging.info('resumed from step %d of %s', latest, workdir)
 
-  shardings = state_lib.shardings_of(exp.abstract_state)
-  train_step = jax.jit(
+  train_step = loop.compile_step(
       functools.partial(steps.train_step, model=exp.model, objective=exp.objective, tx=exp.tx,
                         grad_accum_steps=config.train.grad_accum_steps,
                         schedule=optim.make_schedule(config.optim, config.train.steps)),
-      in_shardings=(shardings, sharding.batch_sharding(exp.mesh)),
-      out_shardings=(shardings, None), donate_argnums=0)
+      exp.abstract_state, exp.mesh)
   evaluate = make_eval_fn(exp)
 
   start = int(state.step)
