@@ -50,10 +50,12 @@ class InputStyle:
       # end-of-text token, as GPT-2 fine-tuning recipes do.
       cls_id = tokenizer.eos_id if cls_id is None else cls_id
       sep_id = tokenizer.eos_id if sep_id is None else sep_id
-    if None in (cls_id, sep_id, bos_id if name == 'gpt' else 0):
-      raise ValueError(f'input style {name!r} needs special tokens this vocabulary lacks '
-                       f'(cls={cls_id}, sep={sep_id}, bos={bos_id}); use '
-                       f'--config.finetune.input_style={"gpt" if name == "bert" else "bert"}')
+    needed = {'cls': cls_id, 'sep': sep_id, **({'bos': bos_id} if name == 'gpt' else {})}
+    missing = [token for token, token_id in needed.items() if token_id is None]
+    if missing:
+      raise ValueError(f'input style {name!r} needs {"/".join(missing)} tokens, which this '
+                       'vocabulary lacks; use --config.finetune.input_style='
+                       f'{"gpt" if name == "bert" else "bert"}')
     return cls(name, tokenizer.pad_id, cls_id, sep_id, bos_id)
 
   def num_specials(self, num_segments: int) -> int:
