@@ -1,10 +1,11 @@
 """Task metrics as the benchmarks report them, computed on the host from gold and predictions.
 
 Values are fractions in [0, 1] (the tables multiply by 100), except BLEU and chrF, which keep
-sacrebleu's 0-100 scale (the one their signatures and every translation table use). The GLUE set (Wang et al. 2019,
-Table 1): accuracy, F1 of the positive class (MRPC, QQP), Matthews correlation (CoLA),
-Pearson and Spearman correlation (STS-B). Tagging: entity-level F1 as conlleval computes it
-when the tags are BIO chunks (CoNLL-2003 NER, BERT Sec 5.3), else per-token accuracy (POS).
+sacrebleu's 0-100 scale (the one their signatures and every translation table use).
+The GLUE set (Wang et al. 2019, Table 1): accuracy, F1 of the positive class (MRPC, QQP),
+Matthews correlation (CoLA), Pearson and Spearman correlation (STS-B). Tagging: entity-level
+F1 as conlleval computes it when the tags are BIO chunks (CoNLL-2003 NER, BERT Sec 5.3), else
+per-token accuracy (POS).
 SQuAD v1.1: exact match and token F1 after the official script's answer normalisation.
 Seq2seq: corpus BLEU (Papineni et al. 2002) and chrF (Popovic 2015) as sacrebleu computes them
 with its defaults (Post 2018: scores are comparable only with the same signature), and exact
