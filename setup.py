@@ -23,6 +23,8 @@ setup(
         "ml_collections>=1.1,<2",
         "numpy>=2.4,<3",
         "tensorboardX>=2.6,<3",
+        # Seq2seq task metrics (corpus BLEU, chrF) with their reproducibility signatures.
+        "sacrebleu>=2.4,<3",
     ],
     extras_require={
         # HF checkpoint import/export (WordPiece / byte-level BPE vocabularies, safetensors).

@@ -7,6 +7,7 @@ is needed to map outputs back (SQuAD windows -> questions, sub-tokens -> words);
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ class EncodedSplit:
 
   @property
   def labelled(self) -> bool:
-    return any(e.label is not None or e.tags is not None for e in self.examples)
+    return any(e.label is not None or e.tags is not None or e.target is not None
+               for e in self.examples)
 
 
 def encode_split(task: Task, examples: list[Example], tokenizer, style: encoding.InputStyle,
@@ -69,7 +71,8 @@ def to_predictions(task: Task, split: EncodedSplit, outputs: dict[str, np.ndarra
 
 def prediction_rows(task: Task, split: EncodedSplit, predictions: list[Any]) -> list[str]:
   """Lines of a predictions file: a header `index<TAB>prediction` and one `uid<TAB>prediction`
-  line per example (GLUE's submission format), or `word<TAB>tag` sentences for tagging."""
+  line per example (GLUE's submission format), or `word<TAB>tag` sentences for tagging.
+  Seq2seq outputs have tabs and line breaks replaced by spaces, so each stays one TSV field."""
   if task.type == 'tagging':
     lines = []
     for e, tags in zip(split.examples, predictions):
@@ -78,13 +81,16 @@ def prediction_rows(task: Task, split: EncodedSplit, predictions: list[Any]) -> 
     return lines
   if task.type == 'classification':
     predictions = [task.labels[p] for p in predictions]
+  if task.type == 'seq2seq':
+    predictions = [re.sub(r'[\t\r\n]', ' ', p) for p in predictions]
   rows = [f'{e.uid}\t{p}' for e, p in zip(split.examples, predictions)]
   return ['index\tprediction', *rows]
 
 
 def majority_baseline(task: Task, train: list[Example], dev: list[Example]) -> dict[str, float]:
-  """Scores of always predicting the most frequent training class or tag: the floor a
-  fine-tuned model must clear (empty for regression, spans and multiple choice)."""
+  """Scores of the trivial prediction a fine-tuned model must beat: the most frequent training
+  class or tag, or (seq2seq) the source text copied unchanged; empty for regression, spans and
+  multiple choice."""
   if task.type == 'classification':
     index = {name: i for i, name in enumerate(task.labels)}
     counts = np.bincount([index[str(e.label)] for e in train if e.label is not None],
@@ -95,4 +101,6 @@ def majority_baseline(task: Task, train: list[Example], dev: list[Example]) -> d
     counts = np.bincount([index[t] for e in train for t in e.tags or ()],
                          minlength=len(task.labels))
     return task.score(dev, [[int(counts.argmax())] * len(e.words) for e in dev])
+  if task.type == 'seq2seq':
+    return task.score(dev, [e.texts[0] for e in dev])
   return {}

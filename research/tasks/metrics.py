@@ -1,10 +1,15 @@
 """Task metrics as the benchmarks report them, computed on the host from gold and predictions.
 
-Values are fractions in [0, 1] (the tables multiply by 100). The GLUE set (Wang et al. 2019,
-Table 1): accuracy, F1 of the positive class (MRPC, QQP), Matthews correlation (CoLA),
-Pearson and Spearman correlation (STS-B). Tagging: entity-level F1 as conlleval computes it
-when the tags are BIO chunks (CoNLL-2003 NER, BERT Sec 5.3), else per-token accuracy (POS).
+Values are fractions in [0, 1] (the tables multiply by 100), except BLEU and chrF, which keep
+sacrebleu's 0-100 scale (the one their signatures and every translation table use).
+The GLUE set (Wang et al. 2019, Table 1): accuracy, F1 of the positive class (MRPC, QQP),
+Matthews correlation (CoLA), Pearson and Spearman correlation (STS-B). Tagging: entity-level
+F1 as conlleval computes it when the tags are BIO chunks (CoNLL-2003 NER, BERT Sec 5.3), else
+per-token accuracy (POS).
 SQuAD v1.1: exact match and token F1 after the official script's answer normalisation.
+Seq2seq: corpus BLEU (Papineni et al. 2002) and chrF (Popovic 2015) as sacrebleu computes them
+with its defaults (Post 2018: scores are comparable only with the same signature), and exact
+match of the whole output.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import string
 from collections.abc import Sequence
 
 import numpy as np
+from sacrebleu.metrics import BLEU, CHRF
 
 
 def accuracy(gold: Sequence, pred: Sequence) -> float:
@@ -144,6 +150,44 @@ def squad_scores(answers: Sequence[Sequence[str]], predictions: Sequence[str]) -
   f = [max(squad_f1(p, a) for a in golds) for golds, p in zip(answers, predictions)]
   n = max(len(em), 1)
   return {'exact_match': sum(em) / n, 'f1': sum(f) / n}
+
+
+# --- seq2seq (sacrebleu)
+
+
+SEQ2SEQ_METRICS = ('bleu', 'chrf', 'exact_match')
+
+
+def _sacrebleu_metrics(references: Sequence[str]) -> dict:
+  """BLEU (13a tokenisation, exponential smoothing) and chrF (character 6-grams, beta 2) with
+  sacrebleu's defaults, one reference per hypothesis, given to the constructors (sacrebleu's
+  reference cache), which also fixes the reference count the signatures record."""
+  return {'bleu': BLEU(references=[list(references)]),
+          'chrf': CHRF(references=[list(references)])}
+
+
+def seq2seq_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """Corpus BLEU and chrF (0-100) of `predictions` against one reference each, and the
+  fraction predicted exactly (ignoring surrounding whitespace)."""
+  if len(references) != len(predictions):
+    raise ValueError(f'{len(predictions)} predictions for {len(references)} references')
+  if not references:
+    return {name: 0.0 for name in SEQ2SEQ_METRICS}
+  scores = {name: float(metric.corpus_score(list(predictions), None).score)
+            for name, metric in _sacrebleu_metrics(references).items()}
+  scores['exact_match'] = sum(p.strip() == r.strip()
+                              for p, r in zip(predictions, references)) / len(references)
+  return scores
+
+
+def seq2seq_signatures() -> dict[str, str]:
+  """sacrebleu's reproducibility signatures of `seq2seq_scores`' BLEU and chrF, e.g.
+  'nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0', for logs and tables.
+
+  A signature records the reference count, which sacrebleu learns from the references: a
+  one-sentence set stands in for the data (the options, not the text, make the signature).
+  """
+  return {name: str(metric.get_signature()) for name, metric in _sacrebleu_metrics(['']).items()}
 
 
 SEQUENCE_METRICS = {

@@ -37,6 +37,7 @@ class Example:
   choices: multiple choice candidates.
   answers, answer_start: span QA gold answer texts, and the character offset of the first in
     the context (-1 if unknown).
+  target: seq2seq output text (the input is `texts[0]`); None when the split is unlabelled.
   uid: the id a predictions file reports (GLUE `index`, SQuAD `id`; else the row number).
   """
   texts: tuple[str, ...] = ()
@@ -46,6 +47,7 @@ class Example:
   choices: tuple[str, ...] = ()
   answers: tuple[str, ...] = ()
   answer_start: int = -1
+  target: str | None = None
   uid: str = ''
 
 
@@ -145,6 +147,40 @@ def rows_to_examples(rows: Sequence[dict[str, Any]], path: str, *, text_columns:
     uid = str(row[uid_column]) if uid_column and uid_column in row else str(i)
     examples.append(Example(texts=texts, label=row[label_column] if labelled else None,
                             choices=choices, uid=uid))
+  return examples
+
+
+def rows_to_seq2seq(rows: Sequence[dict[str, Any]], path: str, *, source_column: str,
+                    target_column: str, require_target: bool) -> list[Example]:
+  """Source -> target examples (`texts=(source,)`, `target`) from headed rows.
+
+  A file with the target column is labelled: every row needs a non-empty source and target.
+  Without it (allowed unless `require_target`, i.e. for an unlabelled test set) targets are
+  None. Rows are numbered from 1 as read (the header and blank lines are not counted).
+  """
+  if not rows:
+    raise TaskDataError(f'{path} holds no examples (empty, or a header only); a seq2seq file '
+                        f'needs a header naming {source_column!r} and {target_column!r} and '
+                        'one example per row')
+  columns = list(rows[0])
+  required = [source_column, target_column] if require_target else [source_column]
+  missing = [c for c in required if c not in columns]
+  if missing:
+    raise TaskDataError(f'{path}: no column {missing[0]!r} (columns: '
+                        f'{", ".join(map(str, columns))}); set --config.task.source_column / '
+                        'target_column to the names in its header')
+  labelled = target_column in columns
+  names = [source_column, target_column] if labelled else [source_column]
+  examples = []
+  for number, row in enumerate(rows, start=1):
+    texts = {c: row.get(c) for c in names}  # a JSONL record may lack a key: None
+    for column, text in texts.items():
+      if text is None or not str(text).strip():
+        raise TaskDataError(f'{path}: row {number} has an empty {column!r}; every example '
+                            'needs a source and a target text: fill it in or drop the row')
+    target = str(texts[target_column]) if labelled else None
+    examples.append(Example(texts=(str(texts[source_column]),), target=target,
+                            uid=str(number - 1)))
   return examples
 
 

@@ -7,8 +7,10 @@ Everything is read from the config, so a new data set in a supported format need
   --config.task.format=glue --config.task.name=rte --config.task.data_dir=glue_data/RTE
   --config.task.format=conll --config.task.train=a.txt --config.task.dev=b.txt
   --config.task.format=squad --config.task.data_dir=DIR          (train-v1.1.json, dev-v1.1.json)
+  --config.task.type=seq2seq --config.task.source_column=old --config.task.target_column=new
 
-Task types: classification, regression, tagging, span (extractive QA), multiple_choice. The
+Task types: classification, regression, tagging, span (extractive QA), multiple_choice, seq2seq
+(text -> text from a headed TSV/CSV/JSONL; scored by BLEU, chrF and exact match). The
 type follows from the format where the format allows one (conll -> tagging, squad -> span,
 GLUE per task); classification label names are taken from `task.labels`, else '0'..'n-1' from
 `task.num_labels`, else the distinct training labels (sorted, numerically if all numbers).
@@ -24,7 +26,7 @@ import ml_collections
 from research.tasks import glue, metrics as metrics_lib, readers, squad
 from research.tasks.readers import Example, TaskDataError
 
-TASK_TYPES = ('classification', 'regression', 'tagging', 'span', 'multiple_choice')
+TASK_TYPES = ('classification', 'regression', 'tagging', 'span', 'multiple_choice', 'seq2seq')
 FORMATS = ('glue', 'tsv', 'csv', 'jsonl', 'conll', 'squad')
 _SUFFIXES = {
     'tsv': ('.tsv',), 'csv': ('.csv',), 'jsonl': ('.jsonl', '.json'),
@@ -33,12 +35,18 @@ _SUFFIXES = {
 _TYPE_METRICS = {
     'classification': ('accuracy',), 'regression': ('pearson', 'spearman'),
     'multiple_choice': ('accuracy',), 'span': ('f1', 'exact_match'),
+    # BLEU first: T5 (Raffel et al. 2020, with SacreBLEU) and BART (Lewis et al. 2020, WMT16
+    # Ro-En) report generated text as BLEU, so the headline compares with theirs; chrF stays
+    # beside it (character n-grams credit near-misses like spake/spoke that BLEU counts wrong).
+    'seq2seq': metrics_lib.SEQ2SEQ_METRICS,
 }
 _ALLOWED_METRICS = {
     'classification': tuple(metrics_lib.SEQUENCE_METRICS),
     'multiple_choice': ('accuracy',), 'regression': ('pearson', 'spearman'),
     'tagging': ('entity_f1', 'accuracy'), 'span': ('f1', 'exact_match'),
+    'seq2seq': metrics_lib.SEQ2SEQ_METRICS,
 }
+_SEQ2SEQ_FORMATS = ('tsv', 'csv', 'jsonl')
 
 
 @dataclasses.dataclass
@@ -64,7 +72,11 @@ class Task:
 
   def score(self, examples: Sequence[Example], predictions: Sequence) -> dict[str, float]:
     """Metrics of `predictions` (class indices, floats, choice indices, tag-index lists with
-    None for unpredicted words, or answer strings, by type) against the examples' gold."""
+    None for unpredicted words, answer strings or output texts, by type) against the examples'
+    gold."""
+    if self.type == 'seq2seq':
+      return {k: v for k, v in metrics_lib.seq2seq_scores(
+          [e.target for e in examples], predictions).items() if k in self.metrics}
     if self.type == 'span':
       return {k: v for k, v in metrics_lib.squad_scores(
           [e.answers for e in examples], predictions).items() if k in self.metrics}
@@ -117,13 +129,17 @@ def _find_files(cfg) -> dict[str, str]:
   return files
 
 
-def _read_file(cfg, path: str) -> list[Example]:
+def _read_file(cfg, path: str, split: str) -> list[Example]:
   if cfg.format == 'conll':
     return readers.read_conll(path)
   if cfg.format == 'squad':
     return squad.read(path)
   rows = (readers.read_jsonl(path) if cfg.format == 'jsonl'
           else readers.read_delimited(path, header=cfg.header))
+  if cfg.type == 'seq2seq':  # a test split may come without targets
+    return readers.rows_to_seq2seq(rows, path, source_column=cfg.source_column,
+                                   target_column=cfg.target_column,
+                                   require_target=split in ('train', 'dev'))
   return readers.rows_to_examples(
       rows, path, text_columns=_split_list(cfg.text_columns), label_column=cfg.label_column,
       choice_columns=_split_list(cfg.choice_columns))
@@ -142,13 +158,16 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
   if cfg.format not in FORMATS:
     raise ValueError(f'unknown --config.task.format={cfg.format!r}; use one of {FORMATS}')
   symmetric = cfg.symmetric
+  if cfg.type == 'seq2seq' and cfg.format not in _SEQ2SEQ_FORMATS:
+    raise ValueError(f'task type seq2seq reads headed {"/".join(_SEQ2SEQ_FORMATS)} files, not '
+                     f'--config.task.format={cfg.format!r}')
   if cfg.format == 'glue':
     spec = glue.get(cfg.name)
     splits = glue.read_splits(spec, cfg.data_dir)
     task_type = 'regression' if not spec.labels else 'classification'
     labels, default_metrics, symmetric = spec.labels, spec.metrics, symmetric or spec.symmetric
   else:
-    splits = {split: _read_file(cfg, path) for split, path in _find_files(cfg).items()}
+    splits = {split: _read_file(cfg, path, split) for split, path in _find_files(cfg).items()}
     task_type = cfg.type or {'conll': 'tagging', 'squad': 'span'}.get(cfg.format,
                                                                         'classification')
     labels, default_metrics = (), _TYPE_METRICS.get(task_type)
