@@ -4,33 +4,51 @@ Any field can be overridden on the command line, e.g. `--config.train.steps=2000
 does not exist here is rejected (the config is locked), so a typo fails instead of being ignored.
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  # --- model: ModelConfig fields (research/models/config.py) + the preset they came from.
+  # --- model (research/models/config.py ModelConfig). `size` names a preset of
+  # research/models/presets.py (bert-*, gpt*, t5*, bart-*); every other field is None = the
+  # preset's value, or set here / on the command line to override it (--config.model.size=NAME
+  # selects another preset, whose fields any --config.model.FIELD=... still overrides).
   c.model = ml_collections.ConfigDict()
-  c.model.size = 'bert-tiny'        # a name from research/models/presets.py SIZES (sets the fields below)
-  c.model.vocab_size = 0            # 0 = the tokenizer's vocabulary size
-  c.model.max_len = 512             # learned position table size
-  c.model.d_model = 128
-  c.model.num_layers = 2
-  c.model.num_heads = 2
-  c.model.d_ff = 512
-  c.model.type_vocab_size = 2       # segment embeddings (BERT); 0 = none (GPT)
-  c.model.dropout = 0.1
-  c.model.attention_dropout = 0.1
-  c.model.pre_ln = False            # False: post-LN (BERT, GPT-1); True: pre-LN (GPT-2/3)
-  c.model.final_ln = False          # final LayerNorm after the stack (pre-LN models)
-  c.model.embed_ln = True           # LayerNorm on the summed embeddings (BERT)
-  c.model.layer_norm_eps = 1e-12
-  c.model.activation = 'gelu'       # 'gelu' (exact), 'gelu_tanh' (GPT), 'relu'
-  c.model.init_std = 0.02
-  c.model.scaled_residual_init = False  # GPT-2: residual projections init std / sqrt(2 layers)
-  c.model.local_window = 0          # >0: GPT-3 alternating dense / locally banded attention
-  c.model.dtype = 'float32'         # compute dtype ('bfloat16' on accelerators); params stay fp32
-  c.model.remat = False             # recompute blocks in the backward pass to save memory
+  c.model.size = 'bert-tiny'
+  c.model.vocab_size = 0            # 0 = the tokenizer's vocabulary (+ the objective's extra ids)
+  P = config_dict.placeholder
+  c.model.arch = P(str)             # 'encoder' (BERT) | 'decoder' (GPT) | 'encoder_decoder' (T5, BART)
+  c.model.max_len = P(int)          # learned position table size (relative/none: longest input)
+  c.model.d_model = P(int)
+  c.model.num_layers = P(int)       # encoder or decoder depth; the encoder's in an encoder_decoder
+  c.model.num_decoder_layers = P(int)  # encoder_decoder: decoder depth (0 = num_layers)
+  c.model.num_heads = P(int)
+  c.model.d_head = P(int)           # per-head width; 0 = d_model // num_heads
+  c.model.d_ff = P(int)
+  c.model.decoder_start = P(str)    # encoder_decoder decoder start token: 'pad' (T5) | 'eos' (BART)
+  c.model.position = P(str)         # 'learned' | 'relative' (T5 bias) | 'none'
+  c.model.relative_buckets = P(int)  # T5: 32
+  c.model.relative_max_distance = P(int)  # T5: 128
+  c.model.type_vocab_size = P(int)  # segment embeddings (BERT: 2); 0 = none
+  c.model.dropout = P(float)
+  c.model.attention_dropout = P(float)
+  c.model.pre_ln = P(bool)          # False: post-LN (BERT, GPT-1, BART); True: pre-LN (GPT-2/3, T5)
+  c.model.final_ln = P(bool)        # final norm after the stack (pre-LN models)
+  c.model.embed_ln = P(bool)        # norm on the summed embeddings (BERT, BART)
+  c.model.norm = P(str)             # 'layer' (LayerNorm) | 'rms' (T5)
+  c.model.layer_norm_eps = P(float)
+  c.model.use_bias = P(bool)        # biases in attention and MLP (T5: none)
+  c.model.mlp = P(str)              # 'dense' | 'gated' (T5.1.1 GeGLU)
+  c.model.activation = P(str)       # 'gelu' (exact), 'gelu_tanh' (GPT), 'relu' (T5 v1.0)
+  c.model.attention_scale = P(bool)  # divide logits by sqrt(head_dim) (T5: no)
+  c.model.tie_output = P(bool)      # LM logits from the token embeddings
+  c.model.scale_tied_output = P(bool)  # T5: tied logits from hidden * d_model**-0.5
+  c.model.init_std = P(float)
+  c.model.scaled_residual_init = P(bool)  # GPT-2: residual projections init std / sqrt(2 layers)
+  c.model.local_window = P(int)     # >0: GPT-3 alternating dense / locally banded attention
+  c.model.dtype = P(str)            # compute dtype ('bfloat16' on accelerators); params stay fp32
+  c.model.remat = P(bool)           # recompute blocks in the backward pass to save memory
 
   # --- data
   c.data = ml_collections.ConfigDict()
@@ -47,12 +65,28 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- objective (a pure batch transform, research/objectives/)
   c.objective = ml_collections.ConfigDict()
-  c.objective.name = 'mlm_nsp'      # 'mlm_nsp' | 'mlm' (no NSP) | 'clm' (left-to-right LM)
+  c.objective.name = 'mlm_nsp'      # 'mlm_nsp' | 'mlm' (no NSP) | 'clm' (left-to-right LM) |
+                                    # 'span_corruption' (T5) | 'denoising' (BART)
   c.objective.mask_prob = 0.15      # BERT Sec 3.1: 15% of tokens are predicted ...
   c.objective.mask_token_prob = 0.8  # ... 80% of them replaced by [MASK],
   c.objective.random_token_prob = 0.1  # 10% by a random token, 10% left unchanged
   c.objective.max_predictions_per_seq = 20  # google-research/bert default for 128 tokens
   c.objective.short_seq_prob = 0.1  # BERT: 10% of examples use a shorter target length
+  # T5 span corruption (Raffel et al. 2020, Sec 3.1.4): spans of ~3 tokens, 15% of the text,
+  # each replaced by one of num_sentinels ids reserved above the tokenizer's vocabulary.
+  c.objective.noise_density = 0.15
+  c.objective.mean_noise_span_length = 3.0
+  c.objective.num_sentinels = 100
+  # BART denoising (Lewis et al. 2020, Sec 2.2; fairseq denoising_dataset.py): comma-separated
+  # noises from masking | deletion | infilling (one of these three), permute, insert, rotate.
+  c.objective.noises = 'infilling,permute'
+  c.objective.mask_ratio = 0.3      # fraction of words masked / deleted / infilled
+  c.objective.random_ratio = 0.1    # of those, replaced by a random token instead of [MASK]
+  c.objective.poisson_lambda = 3.0  # infilling span lengths ~ Poisson(lambda)
+  c.objective.replace_length = 1    # a masked span becomes: 1 mask | 0 nothing | -1 one per token
+  c.objective.insert_ratio = 0.0    # 'insert': extra masks, as a fraction of the tokens
+  c.objective.permute_ratio = 1.0   # 'permute': fraction of sentences shuffled
+  c.objective.rotate_ratio = 1.0    # 'rotate': probability of rotating a document
 
   # --- optimisation (research/optim.py)
   c.optim = ml_collections.ConfigDict()
@@ -92,23 +126,25 @@ def get_config() -> ml_collections.ConfigDict:
 def parse_arg(arg: str, **defaults) -> dict:
   """Parses a big_vision-style config argument 'variant=tiny,steps=10' into a dict.
 
-  Values keep the type of their default; an unknown key is an error.
+  Values keep the type of their default; an unknown key is an error. A string value may
+  itself hold commas: an item without '=' continues the previous string value
+  ('noise=infilling,permute' is one value).
   """
-  values = dict(defaults)
+  values, last = dict(defaults), None
   for item in filter(None, (arg or '').split(',')):
     key, sep, value = item.partition('=')
+    if not sep and last is not None and isinstance(defaults[last], str):
+      values[last] += f',{item}'
+      continue
     if not sep or key not in defaults:
       raise ValueError(f'unknown config argument {item!r}; expected one of {sorted(defaults)} '
                        'as key=value, comma-separated')
-    values[key] = type(defaults[key])(value)
+    values[key], last = type(defaults[key])(value), key
   return values
 
 
-def apply_size(c: ml_collections.ConfigDict, size: str) -> None:
-  """Copies a published architecture (research/models/presets.py) into `c.model`."""
+def model_field(c: ml_collections.ConfigDict, name: str):
+  """A model field as the run will see it: the override if set, else the preset's."""
   from research.models.presets import architecture  # configs stay importable without jax
-  arch = architecture(size)
-  arch.pop('vocab_size')  # our own tokenizer decides, unless the experiment sets it
-  c.model.size = size
-  for key, value in arch.items():
-    c.model[key] = value
+  value = c.model[name]
+  return architecture(c.model.size)[name] if value is None else value

@@ -14,7 +14,7 @@ from configs import base
 def get_config(arg: str = ''):
   args = base.parse_arg(arg, variant='tiny', nsp=1)
   c = base.get_config()
-  base.apply_size(c, f"bert-{args['variant']}")
+  c.model.size = f"bert-{args['variant']}"
   c.objective.name = 'mlm_nsp' if args['nsp'] else 'mlm'
   c.data.max_seq_len = 128
   c.model.max_len = 512

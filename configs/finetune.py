@@ -21,8 +21,10 @@
 task: sentiment (vendored rotten_tomatoes, SST-2-like), paraphrase (vendored bible_paraphrase,
 MRPC-like), tagging (vendored brown_pos, POS), modernize (vendored bible_seq2seq, KJV -> WEB
 verse rewriting, seq2seq), glue (set task.name and task.data_dir), squad
-(set task.data_dir), custom (set task.* yourself). variant: the BERT size used when init_from
-is empty (a pretrained workdir decides the architecture otherwise).
+(set task.data_dir), custom (set task.* yourself). variant: the architecture used when
+init_from is empty (a pretrained workdir decides it otherwise): a BERT size (tiny, mini, ...)
+or any preset of research/models/presets.py (gpt-tiny, t5-tiny, bart-tiny, ...); task=modernize
+defaults to t5-tiny, the others to BERT-tiny.
 
 Expected (task=sentiment, defaults: 3 epochs = 956 steps, ~2 min on a 2-core CPU): dev
 accuracy ~72% from random weights (majority class: 60%); a tiny BERT pretrained 3,000 steps on
@@ -71,6 +73,7 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.task.choice_columns = ''        # multiple choice: comma-separated columns, or one list-valued JSON key
   c.task.source_column = 'source'   # seq2seq: the input text's column
   c.task.target_column = 'target'   # seq2seq: the output text's column (a test file may lack it: unlabelled)
+  c.task.max_target_len = 0         # seq2seq: target tokens (0: encoder_decoder max_seq_len, decoder half of it)
   c.task.header = True              # TSV/CSV: first row names the columns; False: columns are 0-based indices
   c.task.labels = ''                # comma-separated class names (order = logit order); '' = num_labels or inferred from train
   c.task.num_labels = 0             # >0: classes are '0'..'num_labels-1'
@@ -83,10 +86,12 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.task.eval_limit = 0             # >0: evaluate only the first N examples of each other split
 
   c.finetune = ml_collections.ConfigDict()
-  c.finetune.init_from = ''         # pretraining workdir or HF BERT/GPT-2 directory; '' = random init (no-pretraining baseline)
+  c.finetune.init_from = ''         # pretraining workdir or HF BERT/GPT-2/T5/BART directory; '' = random init of config.model (no-pretraining baseline)
   c.finetune.init_step = 0          # checkpoint step of init_from; 0 = its latest
-  c.finetune.family = 'encoder'     # random init only: 'encoder' (BERT) or 'decoder' (GPT)
-  c.finetune.input_style = 'auto'   # 'auto' (encoder: bert, decoder: gpt) | 'bert' | 'gpt'
+  c.finetune.input_style = 'auto'   # 'auto' (encoder/encoder_decoder: bert, decoder: gpt) | 'bert' | 'gpt'
+  c.finetune.text_to_text = False   # classification as text (T5 Sec 2.4): the model writes the label word
+  c.finetune.label_words = ''       # text_to_text: comma-separated word per class ('' = the class names)
+  c.finetune.num_beams = 1          # decoding of seq2seq / text-to-text evaluation (1 = greedy)
   c.finetune.lm_loss_weight = 0.5   # decoders: auxiliary LM loss weight (GPT-1 Sec 3.2, lambda = 0.5)
   c.finetune.bilstm_size = 0        # >0: BiLSTM with this many units per direction under the head (BERT Table 5)
   c.finetune.epochs = 3.0           # passes over train (BERT A.3: 2-4; GPT-1: 3); 0 = use train.steps
@@ -94,9 +99,10 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str = ''):
-  args = base.parse_arg(arg, task='sentiment', init_from='', variant='tiny')
+  args = base.parse_arg(arg, task='sentiment', init_from='', variant='')
   c = base.get_config()
-  base.apply_size(c, f"bert-{args['variant']}")
+  variant = args['variant'] or ('t5-tiny' if args['task'] == 'modernize' else 'tiny')
+  c.model.size = variant if '-' in variant else f'bert-{variant}'
   add_fields(c)
   task = args['task']
   if task not in VENDORED and task not in SEQ_LEN:
@@ -117,6 +123,6 @@ def get_config(arg: str = ''):
   c.train.eval_every = 500
   c.checkpoint.every = 500
   c.checkpoint.keep = 1
-  c.optim.learning_rate = 1e-4 if args['variant'] in ('tiny', 'mini') else 3e-5
+  c.optim.learning_rate = 1e-4 if variant.endswith(('tiny', 'mini')) else 3e-5
   c.optim.weight_decay = 0.01
   return c.lock()

@@ -15,7 +15,7 @@ def get_config(arg: str = ''):
   args = base.parse_arg(arg, variant='tiny')
   c = base.get_config()
   v = args['variant']
-  base.apply_size(c, f'gpt-{v}' if v in ('tiny', 'mini') else v)
+  c.model.size = f'gpt-{v}' if v in ('tiny', 'mini') else v
   c.objective.name = 'clm'
   c.data.max_seq_len = 128
   c.train.steps = 600

@@ -128,6 +128,39 @@ class Checkpointer:
       raise self._corrupted(step, step_dir, e) from e
     return restored[_STATE], restored[_DATA]
 
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+    """Only the parameters of checkpoint `step` (default: the latest), laid out as
+    `abstract_params` (ShapeDtypeStructs with shardings): an Orbax partial restore that
+    reads neither the optimizer state nor the input iterator (generation, evaluation and
+    fine-tuning need the weights alone)."""
+    self.wait()
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f'no checkpoint in {self._manager.directory}; train first or '
+                            'point at a trained run')
+    step_dir = self._manager.directory / str(step)
+    try:
+      saved = self._manager.item_metadata(step)[_STATE]
+      saved_shapes = {
+          path: tuple(leaf.shape)
+          for path, leaf in ocp.tree.to_flat_dict(saved.tree, sep='/').items()
+          if path.startswith('params/')
+      }
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._corrupted(step, step_dir, e) from e
+    _check_same_structure(saved_shapes, {'params': abstract_params}, step_dir)
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(
+          step_dir / _STATE,
+          args=ocp.args.PyTreeRestore(
+              item={'params': abstract_params},
+              restore_args=ocp.checkpoint_utils.construct_restore_args(
+                  {'params': abstract_params}),
+              partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._corrupted(step, step_dir, e) from e
+    return restored['params']
+
   def wait(self) -> None:
     """Blocks until the last `save` is committed to disk."""
     self._manager.wait_until_finished()

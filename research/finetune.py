@@ -1,22 +1,24 @@
-"""Fine-tuning: a pretrained encoder or decoder + one task head, trained end to end on a task.
+"""Fine-tuning: a pretrained model (any arch) + one task head, trained end to end on a task.
 
-BERT Sec 4 / Fig. 4 and GPT-1 Sec 3.2-3.3 / Fig. 1: every parameter is updated, only the
-head starts from scratch. `config.finetune.init_from` names a pretraining workdir (empty: the
-same architecture from random weights, the "no pretraining" baseline); `config.task` names
-the data (research/tasks/task.py). The step loop is pretraining's (loop.py): one jitted step
-with shardings and donation, Orbax checkpoints holding params, optimizer, PRNG and the input
-iterator (so a killed run resumes exactly), metrics.jsonl through the Reporter.
-
-`init_from` may also be a Hugging Face BERT or GPT-2 directory (research/convert imports it
-with its own WordPiece / byte-level BPE vocabulary).
+BERT Sec 4 / Fig. 4, GPT-1 Sec 3.2-3.3 / Fig. 1 and BART Sec 3.1: every parameter is updated,
+only the head starts from scratch. Seq2seq tasks (and classification cast as text to text,
+T5 Sec 2.4) train the pretraining model itself on the target text. `config.finetune.init_from`
+names a pretraining workdir or a Hugging Face model directory (empty: the same architecture
+from random weights, the "no pretraining" baseline), read by `loading.load_params` (params
+only); `config.task` names the data (research/tasks/task.py). The step is the one train step
+of research/steps.py and the loop pretraining's (loop.py): one jitted step with shardings and
+donation, Orbax checkpoints holding params, optimizer, PRNG and the input iterator (so a
+killed run resumes exactly), metrics.jsonl through the Reporter.
 
 A fine-tuning workdir is self-contained: `pretrained.json` records the architecture and where
-it came from and the tokenizer is copied in (`tokenizer.model`, or `hf_tokenizer/`), so
-resuming and `--mode=eval` need neither the pretraining workdir nor its corpus. Dev metrics
-are logged under `dev/` every `train.eval_every` steps; at the end every split is evaluated
-(`dev/`, `test/`, MNLI's `dev_mismatched/` ...) and its predictions written to
-`predictions/<split>.tsv` (unlabelled splits, e.g. GLUE test sets, get predictions only, in
-GLUE's submission format).
+it came from, `model.json` the architecture alone, and the tokenizer is copied in
+(`tokenizer.model`, or `hf_tokenizer/`), so resuming and `--mode=eval` need neither the
+pretraining workdir nor its corpus. Dev metrics are logged under `dev/` every
+`train.eval_every` steps; at the end every split is evaluated (`dev/`, `test/`, MNLI's
+`dev_mismatched/` ...) and its predictions written to `predictions/<split>.tsv` (unlabelled
+splits, e.g. GLUE test sets, get predictions only, in GLUE's submission format). Seq2seq
+splits are decoded (greedy, or `finetune.num_beams`) and scored by BLEU / chrF / exact match
+beside the copy-the-source baseline.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import json
 import math
 import os
 import shutil
-from typing import Any, NamedTuple
+from typing import Any
 
 import grain
 import jax
@@ -35,80 +37,21 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from research import (checkpointing, convert, flops, loop, optim, reporting, sharding,
-                      state as state_lib, steps)
-from research.convert.hf_checkpoint import WEIGHTS_FILE
-from research.convert.hf_tokenizer import HFTokenizer
+from research import (checkpointing, flops, generate, loading, loop, models, optim, reporting,
+                      sharding, state as state_lib, steps)
 from research.data import tokenizer as tokenizer_lib
 from research.models import task_model
 from research.models.config import ModelConfig
-from research.tasks import encoding, features, losses
+from research.objectives.clm import CausalLM
+from research.objectives.seq2seq import Seq2SeqLM
+from research.tasks import encoding, features, losses, seq2seq
 from research.tasks.task import Task, load_task
 
 PRETRAINED_FILE = 'pretrained.json'
-HF_TOKENIZER_DIR = 'hf_tokenizer'  # an imported checkpoint's vocabulary, kept in the workdir
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-
-
-class Pretrained(NamedTuple):
-  """What fine-tuning needs from a pretrained model, whatever produced it (a pretraining
-  workdir here; research/convert's HF import can return the same)."""
-  model_cfg: ModelConfig
-  family: str  # 'encoder' | 'decoder'
-  params: Any  # the backbone's parameter tree: Encoder's (BERT) or GPT's
-  tokenizer: Any  # research.data.tokenizer.Tokenizer interface
-  step: int  # pretraining step the params come from
-
-
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: --config.finetune.init_from must be a '
-                            'pretraining workdir (with config.json, tokenizer.model and '
-                            f'checkpoints/) or an HF model directory (with {WEIGHTS_FILE})')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def _tokenizer_of(pre: ml_collections.ConfigDict, workdir: str):
-  path = pre.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
-  return tokenizer_lib.Tokenizer.load(path), path
-
-
-def is_hf_directory(path: str) -> bool:
-  return os.path.exists(os.path.join(path, WEIGHTS_FILE))
-
-
-def load_pretrained(path: str, mesh=None, step: int | None = None) -> Pretrained:
-  """Backbone params, architecture and tokenizer of a pretraining workdir's checkpoint, or of
-  an HF BERT / GPT-2 directory (imported by research/convert with its own vocabulary).
-
-  A workdir's checkpoint is restored into the pretraining run's own state layout (rebuilt
-  from its config.json), laid out over `mesh` (default: all devices), and only the backbone
-  is kept: BERT's `encoder` subtree (MLM/NSP heads dropped) or the whole GPT tree.
-  """
-  if is_hf_directory(path):
-    imported = convert.load(path)
-    return Pretrained(imported.cfg, imported.family, imported.backbone, imported.tokenizer, 0)
-  pre = _read_config(path)
-  mesh = mesh or sharding.make_mesh(pre.mesh)
-  tok, _ = _tokenizer_of(pre, path)
-  model_cfg = ModelConfig.from_config(pre.model, vocab_size=pre.model.vocab_size or tok.vocab_size)
-  objective = steps.Objective(pre.objective.name, pre.objective.max_predictions_per_seq)
-  model = steps.build_model(objective, model_cfg)
-  tx = optim.make_optimizer(pre.optim, pre.train.steps)
-  abstract, _ = state_lib.sharded_init(
-      functools.partial(steps.init_params, model, objective, pre.data.max_seq_len),
-      tx, pre.train.seed, mesh)
-  ckpt = checkpointing.Checkpointer(os.path.join(path, 'checkpoints'), keep=pre.checkpoint.keep)
-  restored_step = step or ckpt.latest_step()
-  if restored_step is None:
-    raise checkpointing.CheckpointError(f'no checkpoint in {path}/checkpoints; pretrain first')
-  state, _ = ckpt.restore(abstract, step=restored_step)
-  ckpt.close()
-  family = 'encoder' if objective.is_encoder else 'decoder'
-  params = state.params['encoder'] if objective.is_encoder else state.params
-  return Pretrained(model_cfg, family, params, tok, restored_step)
+# Input style of head tasks per arch: BERT's [CLS] A [SEP] B [SEP], GPT-1's start A delim B
+# extract; BART classifies "[CLS] A [SEP] B [SEP]" read by encoder and decoder alike.
+DEFAULT_STYLES = {'encoder': 'bert', 'decoder': 'gpt', 'encoder_decoder': 'bert'}
 
 
 @dataclasses.dataclass
@@ -119,11 +62,15 @@ class FineTune:
   mesh: Any
   task: Task
   tokenizer: Any
-  style: encoding.InputStyle
   model_cfg: ModelConfig
-  family: str
-  model: task_model.TaskModel
-  objective: losses.TaskObjective
+  # How examples become arrays: encoding.InputStyle (head tasks) or seq2seq.Seq2SeqStyle.
+  style: Any
+  # Text-to-text: the model writes text (seq2seq tasks, or classification cast as text with
+  # these label words); else a task head reads the backbone's states.
+  generates: bool
+  label_words: tuple[str, ...]
+  model: Any  # task_model.TaskModel, or models.build(model_cfg) when `generates`
+  objective: Any  # losses.TaskObjective, or the pretraining LM objective when `generates`
   splits: dict[str, features.EncodedSplit]
   tx: Any
   abstract_state: state_lib.TrainState
@@ -131,12 +78,12 @@ class FineTune:
 
 
 def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
-  """(model_cfg, family, tokenizer, pretrained or None).
+  """(model_cfg, tokenizer, loaded or None).
 
-  A fresh run with init_from restores the pretrained model (recording its architecture and
+  A fresh run with init_from loads the pretrained model (recording its architecture and
   copying its tokenizer into the workdir); a resumed run or an evaluation reads the record;
   without init_from, config.model is built from random weights with config.data.tokenizer.path
-  (or a tokenizer trained on the task's training text).
+  (or a tokenizer trained on the task's training text, sources and targets alike).
   """
   record_path = os.path.join(workdir, PRETRAINED_FILE)
   init_from = config.finetune.init_from
@@ -147,57 +94,46 @@ def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
       raise ValueError(f'{workdir} was fine-tuned from init_from={record["init_from"]!r}, not '
                        f'{init_from!r}; use a fresh --workdir')
     if not (need_params and init_from):
-      tok = _kept_tokenizer(workdir, record)
-      return ModelConfig(**record['model']), record['family'], tok, None
+      return ModelConfig(**record['model']), loading.load_tokenizer(workdir), None
 
-  pretrained = None
+  loaded = None
   if init_from:
-    pretrained = load_pretrained(init_from, mesh, config.finetune.init_step or None)
-    model_cfg, family, tok = pretrained.model_cfg, pretrained.family, pretrained.tokenizer
-    tokenizer_file = (None if is_hf_directory(init_from)
-                      else _tokenizer_of(_read_config(init_from), init_from)[1])
+    loaded = loading.load_params(init_from, config.finetune.init_step or None, mesh)
+    model_cfg, tok = loaded.cfg, loaded.tokenizer
   else:
-    tokenizer_file = config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
+    path = config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
     if config.data.tokenizer.path:  # e.g. the pretrained models' tokenizer, for a fair baseline
-      tok = tokenizer_lib.Tokenizer.load(tokenizer_file)
+      tok = tokenizer_lib.Tokenizer.load(path)
     else:
       tok = tokenizer_lib.load_or_train(
-          tokenizer_file, lambda: (t for e in task.splits['train'] for t in (*e.texts, *e.words)),
+          path, lambda: (t for e in task.splits['train']
+                         for t in (*e.texts, *e.words, *filter(None, [e.target]))),
           vocab_size=config.data.tokenizer.vocab_size,
           model_type=config.data.tokenizer.model_type,
           max_sentences=config.data.tokenizer.max_training_sentences)
     model_cfg = ModelConfig.from_config(config.model,
                                         vocab_size=config.model.vocab_size or tok.vocab_size)
-    family = config.finetune.family
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
+    kind = _keep_tokenizer(tok, init_from, workdir)
     with open(record_path, 'w') as f:
-      json.dump({'family': family, 'model': dataclasses.asdict(model_cfg),
-                 'init_from': init_from, 'init_step': pretrained.step if pretrained else None,
-                 'tokenizer': _keep_tokenizer(tok, tokenizer_file, workdir)}, f, indent=2)
-  return model_cfg, family, tok, pretrained
+      json.dump({'model': model_cfg.to_dict(), 'init_from': init_from,
+                 'init_step': loaded.step if loaded else None, 'tokenizer': kind}, f, indent=2)
+  loading.write_model_config(workdir, model_cfg)
+  return model_cfg, tok, loaded
 
 
-def _keep_tokenizer(tok, source_file: str | None, workdir: str) -> str:
-  """Copies the tokenizer into the workdir: the SentencePiece model file, or (source_file
-  None) an imported HF vocabulary. Returns its kind, for `_kept_tokenizer`."""
-  if source_file is None:
-    tok.save(os.path.join(workdir, HF_TOKENIZER_DIR))
+def _keep_tokenizer(tok, init_from: str, workdir: str) -> str:
+  """Copies the tokenizer into the workdir: an imported vocabulary (HF directory, or a
+  workdir that kept one) to hf_tokenizer/, a SentencePiece model to tokenizer.model."""
+  if not isinstance(tok, tokenizer_lib.Tokenizer):
+    tok.save(os.path.join(workdir, loading.HF_TOKENIZER_DIR))
     return 'hf'
+  source = loading.tokenizer_path(init_from) if init_from else None
   local_copy = os.path.join(workdir, 'tokenizer.model')
-  if os.path.abspath(source_file) != os.path.abspath(local_copy):
-    shutil.copyfile(source_file, local_copy)
+  if source and os.path.abspath(source) != os.path.abspath(local_copy):
+    shutil.copyfile(source, local_copy)
   return 'sentencepiece'
-
-
-def _kept_tokenizer(workdir: str, record: dict):
-  """The tokenizer `_keep_tokenizer` stored in the workdir."""
-  if record.get('tokenizer') == 'hf':
-    directory = os.path.join(workdir, HF_TOKENIZER_DIR)
-    if record['family'] == 'encoder':
-      return HFTokenizer.load_wordpiece(directory)
-    return HFTokenizer.load_byte_level_bpe(directory)
-  return tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.model'))
 
 
 def _resolve(config, num_train: int) -> ml_collections.ConfigDict:
@@ -213,51 +149,89 @@ def _resolve(config, num_train: int) -> ml_collections.ConfigDict:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str,
-          need_params: bool = False) -> tuple[FineTune, Pretrained | None]:
+          need_params: bool = False) -> tuple[FineTune, Any]:
   """Reads and encodes the task, resolves the model and plans the sharded state; with
-  `need_params` (a run without a checkpoint yet) also restores init_from's weights."""
+  `need_params` (a run without a checkpoint yet) also loads init_from's weights
+  (loading.Loaded, else None)."""
   mesh = sharding.make_mesh(config.mesh)
   task = load_task(config.task)
-  model_cfg, family, tok, pretrained = _architecture(config, workdir, task, mesh, need_params)
+  model_cfg, tok, loaded = _architecture(config, workdir, task, mesh, need_params)
   model_cfg.check_length(config.data.max_seq_len)
-  style_name = config.finetune.input_style
-  style = encoding.InputStyle.create(
-      {'encoder': 'bert', 'decoder': 'gpt'}[family] if style_name == 'auto' else style_name, tok)
-  splits = {name: features.encode_split(task, examples, tok, style, config.data.max_seq_len,
-                                        config.task)
-            for name, examples in task.splits.items()}
+  ft_cfg = config.finetune
+  text_to_text = ft_cfg.text_to_text and task.type == 'classification'
+  generates = task.type == 'seq2seq' or text_to_text
+  label_words = ()
+  if text_to_text:
+    label_words = _split(ft_cfg.label_words) or task.labels
+    if len(label_words) != len(task.labels):
+      raise ValueError(f'--config.finetune.label_words has {len(label_words)} words for '
+                       f'{len(task.labels)} classes {task.labels}; give one word per class')
+    names = _split(config.task.text_columns)
+    task = dataclasses.replace(task, splits={
+        name: seq2seq.as_text_to_text(examples, label_words, task.labels, names)
+        for name, examples in task.splits.items()})
+  if generates:
+    style = seq2seq.Seq2SeqStyle.create(model_cfg, tok)
+    target_len = seq2seq.target_length(style, config.data.max_seq_len,
+                                       config.task.max_target_len)
+    if model_cfg.arch == 'encoder_decoder':
+      model_cfg.check_length(target_len, 'target')
+    splits = {name: features.encode_seq2seq_split(examples, tok, style,
+                                                  config.data.max_seq_len, target_len)
+              for name, examples in task.splits.items()}
+    model = models.build(model_cfg)
+    objective = Seq2SeqLM() if model_cfg.arch == 'encoder_decoder' else CausalLM()
+  else:
+    style_name = ft_cfg.input_style
+    style = encoding.InputStyle.create(
+        DEFAULT_STYLES[model_cfg.arch] if style_name == 'auto' else style_name, tok)
+    splits = {name: features.encode_split(task, examples, tok, style, config.data.max_seq_len,
+                                          config.task)
+              for name, examples in task.splits.items()}
+    model = task_model.TaskModel(model_cfg, task.type, task.num_outputs,
+                                 bilstm_size=ft_cfg.bilstm_size)
+    objective = losses.TaskObjective(task.type, ft_cfg.lm_loss_weight
+                                     if model_cfg.arch == 'decoder' else 0.0)
   config = _resolve(config, splits['train'].num_features)
-  model = task_model.TaskModel(model_cfg, family, task.type, task.num_outputs,
-                               bilstm_size=config.finetune.bilstm_size)
-  objective = losses.TaskObjective(task.type, config.finetune.lm_loss_weight
-                                   if family == 'decoder' else 0.0)
   tx = optim.make_optimizer(config.optim, config.train.steps)
   train_ids = splits['train'].arrays['input_ids']
-  num_views = train_ids.shape[1] if train_ids.ndim == 3 else 1
-  init_params = functools.partial(task_model.init_params, model, config.data.max_seq_len,
-                                  num_views)
+  if generates:
+    init_params = functools.partial(models.init_params, model, length=config.data.max_seq_len)
+  else:
+    num_views = train_ids.shape[1] if train_ids.ndim == 3 else 1
+    init_params = functools.partial(task_model.init_params, model, config.data.max_seq_len,
+                                    num_views)
   abstract, init = state_lib.sharded_init(init_params, tx, config.train.seed, mesh)
-  return FineTune(config, workdir, mesh, task, tok, style, model_cfg, family, model, objective,
-                  splits, tx, abstract, init), pretrained
+  return FineTune(config, workdir, mesh, task, tok, model_cfg, style, generates, label_words,
+                  model, objective, splits, tx, abstract, init), loaded
 
 
-def _load_backbone(ft: FineTune, state: state_lib.TrainState,
-                   pretrained: Pretrained) -> state_lib.TrainState:
-  """Replaces the fresh backbone with the pretrained one (same layout; checked leaf by leaf).
-  Adam's moments start at zero either way, so only params change."""
-  key = 'encoder' if ft.family == 'encoder' else 'decoder'
-  target = ft.abstract_state.params[key]
+def _split(value: str) -> tuple[str, ...]:
+  return tuple(v.strip() for v in value.split(',') if v.strip())
+
+
+def _load_pretrained(ft: FineTune, state: state_lib.TrainState, loaded) -> state_lib.TrainState:
+  """Replaces the fresh weights of the pretrained part (all of them for a text-writing model,
+  the backbone under a task head) by the loaded ones, checked leaf by leaf. Adam's moments
+  start at zero either way, so only params change."""
+  if ft.generates:
+    key, target, source = None, ft.abstract_state.params, loaded.params
+  else:
+    key = task_model.BACKBONES[ft.model_cfg.arch]
+    target = ft.abstract_state.params[key]
+    source = task_model.pretrained_backbone(loaded.cfg, loaded.params)
   want = jax.tree_util.tree_flatten_with_path(target)[0]
-  have = dict(jax.tree_util.tree_flatten_with_path(pretrained.params)[0])
+  have = dict(jax.tree_util.tree_flatten_with_path(source)[0])
   for path, leaf in want:
     got = have.get(path)
     if got is None or got.shape != leaf.shape:
       name = jax.tree_util.keystr(path)
       raise checkpointing.CheckpointError(
-          f'pretrained parameter {key}{name} is {None if got is None else got.shape} but the '
-          f'task model needs {leaf.shape}; init_from must hold a model of this architecture')
-  loaded = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), pretrained.params, target)
-  return state.replace(params={**state.params, key: loaded})
+          f'pretrained parameter {key or ""}{name} is {None if got is None else got.shape} but '
+          f'the fine-tuned model needs {leaf.shape}; init_from must hold a model of this '
+          'architecture')
+  placed = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), source, target)
+  return state.replace(params=placed if key is None else {**state.params, key: placed})
 
 
 def make_eval_fn(ft: FineTune):
@@ -270,33 +244,60 @@ def make_eval_fn(ft: FineTune):
   shardings = state_lib.shardings_of(ft.abstract_state)
   replicated = NamedSharding(ft.mesh, P())
   # Outputs are gathered onto every device so each process can read all predictions.
-  eval_step = jax.jit(functools.partial(losses.eval_step, model=ft.model,
-                                        objective=ft.objective),
+  step_fn = steps.eval_step if ft.generates else losses.eval_step
+  eval_step = jax.jit(functools.partial(step_fn, model=ft.model, objective=ft.objective),
                       in_shardings=(shardings.params, sharding.batch_sharding(ft.mesh)),
                       out_shardings=replicated)
 
-  def evaluate(params, split_name: str) -> tuple[dict[str, float], list]:
-    split = ft.splits[split_name]
-    n = split.num_features
-    totals, outputs = None, []
-    for start in range(0, n, batch_size):
+  def batches(split):
+    for start in range(0, split.num_features, batch_size):
       rows = {k: v[start:start + batch_size] for k, v in split.arrays.items()}
       pad = batch_size - len(rows['input_ids'])  # zero rows carry zero label weight
       rows = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in rows.items()}
-      terms, out = eval_step(params, sharding.global_batch(sharding.process_rows(rows), ft.mesh))
-      terms, out = jax.device_get((terms, out))
+      yield pad, sharding.global_batch(sharding.process_rows(rows), ft.mesh)
+
+  def evaluate(params, split_name: str) -> tuple[dict[str, float], list]:
+    split = ft.splits[split_name]
+    totals, outputs = None, []
+    for pad, batch in batches(split):
+      out = jax.device_get(eval_step(params, batch))
+      terms, out = (out, None) if ft.generates else out
       totals = terms if totals is None else jax.tree.map(np.add, totals, terms)
-      outputs.append({k: v[:batch_size - pad] for k, v in out.items()})
-    outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    predictions = features.to_predictions(ft.task, split, outputs, config.task)
+      if out is not None:
+        outputs.append({k: v[:batch_size - pad] for k, v in out.items()})
+    if ft.generates:
+      predictions = _decode(ft, params, split)
+    else:
+      outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+      predictions = features.to_predictions(ft.task, split, outputs, config.task)
     metrics = {}
     if split.labelled:
-      metrics = {k: float(v[0] / max(v[1], 1e-9)) for k, v in totals.items()
-                 if k != 'accuracy'}  # the task's own metrics follow
+      means = {k: float(v[0] / max(v[1], 1e-9)) for k, v in totals.items()}
+      metrics = {k: v for k, v in means.items() if k != 'accuracy'}  # the task's own follow
+      if ft.generates:
+        metrics['perplexity'] = float(np.exp(means['loss']))
       metrics.update(ft.task.score(split.examples, predictions))
     return metrics, predictions
 
   return evaluate
+
+
+def _decode(ft: FineTune, params, split) -> list:
+  """The model's output text for each example (greedy or beam search), or for text-to-text
+  classification the class index whose word it wrote (-1: none)."""
+  config, tok = ft.config, ft.tokenizer
+  budget = (split.arrays['targets'].shape[1] if ft.model_cfg.arch == 'encoder_decoder'
+            else seq2seq.target_length(ft.style, config.data.max_seq_len,
+                                       config.task.max_target_len))
+  texts = []
+  for start in range(0, len(split.prompts), config.train.eval_batch_size):
+    new = generate.generate(ft.model, params, split.prompts[start:start + config.train.eval_batch_size],
+                            max_new_tokens=budget, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                            start_id=ft.style.start_id, num_beams=config.finetune.num_beams)
+    texts += [tok.decode(ids) for ids in new]
+  if ft.label_words:
+    return [seq2seq.label_of(t, ft.label_words) for t in texts]
+  return texts
 
 
 def _write_predictions(ft: FineTune, split_name: str, predictions: list):
@@ -334,13 +335,21 @@ def _train_dataset(ft: FineTune) -> grain.IterDataset:
 
 
 def _flops_per_step(ft: FineTune) -> float:
-  cfg, config = ft.model_cfg, ft.config
-  per_token = flops.transformer_flops_per_token(
-      num_layers=cfg.num_layers, d_model=cfg.d_model, d_ff=cfg.d_ff, num_heads=cfg.num_heads,
-      seq_len=config.data.max_seq_len,
-      vocab_size=cfg.vocab_size if ft.objective.lm_loss_weight else 0, training=True)
-  ids = ft.splits['train'].arrays['input_ids']
-  return per_token * config.train.batch_size * int(np.prod(ids.shape[1:]))
+  """Model FLOPs of one step: task models read each view (pair order, choice) of an example;
+  encoder-decoders read a head task's input with both stacks; the LM head counts when its
+  logits are trained (seq2seq, or a decoder's auxiliary LM loss)."""
+  cfg, arrays = ft.model_cfg, ft.splits['train'].arrays
+  views = int(np.prod(arrays['input_ids'].shape[1:-1]))  # 1, or pair orders / choices
+  length = arrays['input_ids'].shape[-1]
+  if ft.generates:
+    target = arrays['targets'].shape[-1] if cfg.arch == 'encoder_decoder' else 0
+    per_example = flops.model_flops(cfg, length=length, target_length=target)
+  else:
+    lm = getattr(ft.objective, 'lm_loss_weight', 0) > 0
+    per_example = views * flops.model_flops(
+        cfg, length=length, target_length=length if cfg.arch == 'encoder_decoder' else 0,
+        vocab_positions=length if lm else 0)
+  return per_example * ft.config.train.batch_size
 
 
 def _check_batch(config, mesh):
@@ -366,29 +375,32 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
   if latest is None:
     state = ft.init_state()
     if pretrained:
-      state = _load_backbone(ft, state, pretrained)
+      state = _load_pretrained(ft, state, pretrained)
   else:
     state, data_state = ckpt.restore(ft.abstract_state)
     data_iter.set_state(data_state)
     logging.info('resumed fine-tuning from step %d of %s', latest, workdir)
 
   train_step = loop.compile_step(
-      functools.partial(losses.train_step, model=ft.model, objective=ft.objective, tx=ft.tx,
+      functools.partial(steps.train_step, model=ft.model, objective=ft.objective, tx=ft.tx,
                         grad_accum_steps=config.train.grad_accum_steps),
       ft.abstract_state, ft.mesh)
   evaluate = make_eval_fn(ft)
-  ids = ft.splits['train'].arrays['input_ids']
+  arrays = ft.splits['train'].arrays
+  tokens = int(np.prod(arrays['input_ids'].shape[1:]))
+  if 'decoder_input_ids' in arrays:  # encoder-decoders count source and target tokens
+    tokens += arrays['decoder_input_ids'].shape[1]
   reporter = reporting.Reporter(
       workdir, total_steps=config.train.steps, log_every=config.train.log_every,
       flops_per_step=_flops_per_step(ft), peak_flops=flops.peak_flops(ft.model_cfg.dtype),
-      tokens_per_step=config.train.batch_size * int(np.prod(ids.shape[1:])),
+      tokens_per_step=config.train.batch_size * tokens,
       num_devices=ft.mesh.devices.size, start_step=int(state.step), is_chief=is_chief)
   start = int(state.step)
   if start == 0:
     baseline = features.majority_baseline(ft.task, ft.task.splits['train'],
                                           ft.task.splits['dev'])
     reporter.log_event(0, event='start', task=ft.task.name, task_type=ft.task.type,
-                       family=ft.family, init_from=config.finetune.init_from,
+                       arch=ft.model_cfg.arch, init_from=config.finetune.init_from,
                        params=state_lib.param_count(state.params),
                        train_examples=len(ft.task.splits['train']),
                        **{f'baseline/{k}': v for k, v in baseline.items()})
@@ -425,11 +437,11 @@ def evaluate_finetuned(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if step is None:
     raise checkpointing.CheckpointError(f'no checkpoint in {workdir}/checkpoints; fine-tune '
                                         'first')
-  state, _ = ckpt.restore(ft.abstract_state)
+  params = ckpt.restore_params(ft.abstract_state.params, step)
   ckpt.close()
   reporter = reporting.Reporter(workdir, total_steps=step, log_every=1, flops_per_step=None,
                                 peak_flops=None, tokens_per_step=0,
                                 is_chief=jax.process_index() == 0)
-  results = _final_eval(ft, make_eval_fn(ft), state.params, reporter, step)
+  results = _final_eval(ft, make_eval_fn(ft), params, reporter, step)
   reporter.close()
   return results

@@ -102,6 +102,38 @@ def transformer_flops_per_token(
   return float(3 * forward if training else forward)
 
 
+def model_flops(cfg, *, length: int, target_length: int = 0,
+                vocab_positions: int | None = None, training: bool = True) -> float:
+  """Matmul FLOPs of one example through a `ModelConfig` of any arch, counted as
+  `transformer_flops_per_token` counts them (2 per weight per token, PaLM's attention term,
+  x3 for training).
+
+  encoder / decoder: `length` tokens through `num_layers` layers. encoder_decoder: `length`
+  source tokens through the encoder and `target_length` target tokens through the decoder,
+  whose layers add cross-attention: query and output projections per target token, key and
+  value projections per source token, and scores / weighted sums over the source. The output
+  projection counts `vocab_positions` rows (default: every target or, for encoders and
+  decoders, every token; BERT's MLM projects only its predicted positions).
+  """
+  d, d_attn = cfg.d_model, cfg.num_heads * cfg.head_dim
+  mlp = (3 if cfg.mlp == 'gated' else 2) * d * cfg.d_ff
+  projections = 4 * d * d_attn
+  attention = lambda queries, keys: 2 * 2 * queries * keys * d_attn  # QK^T and AV
+  if cfg.arch == 'encoder_decoder':
+    encoder = cfg.num_layers * (length * 2 * (projections + mlp) + attention(length, length))
+    decoder = cfg.decoder_layers * (
+        target_length * 2 * (projections + 2 * d * d_attn + mlp)  # self + cross q, o + MLP
+        + length * 2 * (2 * d * d_attn)  # cross-attention keys and values of the source
+        + attention(target_length, target_length) + attention(target_length, length))
+    stacks, rows = encoder + decoder, target_length
+  else:
+    stacks = cfg.num_layers * (length * 2 * (projections + mlp) + attention(length, length))
+    rows = length
+  vocab = 2 * d * cfg.vocab_size * (rows if vocab_positions is None else vocab_positions)
+  forward = stacks + vocab
+  return float(3 * forward if training else forward)
+
+
 def mfu(
     flops_per_step: float,
     step_time_s: float,

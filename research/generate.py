@@ -1,9 +1,12 @@
 """Autoregressive decoding over the KV cache: greedy, sampling and beam search.
 
 A GPT produces text one token at a time, each conditioned on all earlier ones (GPT-1 Sec 3.1,
-GPT-2 Sec 2). The prompt runs once ("prefill") and writes its keys and values into the cache
-(models/decoder.py); every later step feeds only the newest token and attends over the cache,
-so a step costs one token's forward pass instead of a pass over the whole prefix.
+GPT-2 Sec 2). The prompt runs once ("prefill") and writes its keys and values into the cache;
+every later step feeds only the newest token and attends over the cache, so a step costs one
+token's forward pass instead of a pass over the whole prefix. An encoder-decoder (T5, BART)
+prefills by encoding the source once and caching every decoder layer's cross-attention keys
+and values, then decodes from its start token. Any model with `prefill` / `decode_step`
+(models/decoder.py, models/encoder_decoder.py) is served; nothing here knows GPT from T5.
 
 The whole loop is one jitted `jax.lax.while_loop` (no Python per token). It is compiled once per
 (batch size, prompt bucket, cache length, strategy): prompts are left-padded to a power-of-two
@@ -25,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models.decoder import init_cache
+from research import loading, models
+from research.objectives import seq2seq
+
 
 _MIN_PROMPT_BUCKET = 16
 _NEW_TOKENS_BUCKET = 32  # the cache holds the prompt bucket + max_new_tokens rounded up to this
@@ -96,27 +101,26 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
   return ids, mask
 
 
-def prefill(model, params, ids, mask, cache_len: int):
-  """Runs left-padded prompts ids, mask [batch, prompt] through the model into a fresh cache.
+def right_pad(sources: Sequence[Sequence[int]], length: int, pad_id: int):
+  """Encoder inputs: ids and attention mask, int32 [batch, length]."""
+  ids = np.full((len(sources), length), pad_id, np.int32)
+  mask = np.zeros((len(sources), length), np.int32)
+  for row, source in enumerate(sources):
+    ids[row, :len(source)] = source
+    mask[row, :len(source)] = 1
+  return ids, mask
 
-  Returns (logits of the last slot [batch, vocab] float32, cache, lengths [batch]): a row's
-  next token takes position `lengths` (its own count, not the slot) and slot `prompt`.
-  All but the last slot go in one call whose logits nobody reads, so XLA drops the
-  [batch, prompt, vocab] projection; the last token then runs as an ordinary decode step.
-  """
-  batch, prompt_len = ids.shape
-  positions = jnp.maximum(jnp.cumsum(mask, -1) - 1, 0)  # [batch, prompt]: first real token at 0
-  cache = model.apply({'params': params}, ids[:, :-1], mask[:, :-1], positions[:, :-1],
-                      cache=init_cache(model.cfg, batch, cache_len), cache_index=0).cache
-  logits, cache = decode_step(model, params, ids[:, -1], positions[:, -1], cache, prompt_len - 1)
-  return logits, cache, mask.sum(-1)
+
+def prefill(model, params, inputs: dict, cache_len: int):
+  """The model's prefill of `inputs` (see `_prepare`) into a fresh cache of cache_len slots:
+  (logits of the next token [batch, vocab] float32, cache, lengths [batch]); a row's next
+  token takes position `lengths` (its own count, not the slot)."""
+  return model.apply({'params': params}, **inputs, cache_len=cache_len, method='prefill')
 
 
 def decode_step(model, params, tokens, positions, cache, slot):
   """One new token per row at cache slot `slot`: tokens, positions [batch] -> logits [batch, V]."""
-  out = model.apply({'params': params}, tokens[:, None], None, positions[:, None],
-                    cache=cache, cache_index=slot)
-  return out.logits[:, 0].astype(jnp.float32), out.cache
+  return model.apply({'params': params}, tokens, positions, cache, slot, method='decode_step')
 
 
 def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
@@ -137,17 +141,18 @@ def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, nucleus
   return jax.random.categorical(rng, logits)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'greedy', 'top_k', 'nucleus',
-                                             'return_logits'))
-def _sample_loop(model, params, ids, mask, max_new, stop_ids, temperature, top_p, seed, *,
-                 cache_len, greedy, top_k, nucleus, return_logits):
-  """Greedy or sampled decoding; returns (tokens [batch, budget], logits or None)."""
-  batch, prompt_len = ids.shape
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'prompt_len', 'greedy',
+                                             'top_k', 'nucleus', 'return_logits'))
+def _sample_loop(model, params, inputs, max_new, stop_ids, temperature, top_p, seed, *,
+                 cache_len, prompt_len, greedy, top_k, nucleus, return_logits):
+  """Greedy or sampled decoding; returns (tokens [batch, budget], logits or None).
+  prompt_len: cache slots the prefill fills (the prompt bucket; 1 for an encoder-decoder)."""
+  batch = jax.tree.leaves(inputs)[0].shape[0]
   budget = cache_len - prompt_len
   rng = jax.random.key(seed)
   pick = functools.partial(choose, temperature=temperature, top_p=top_p, greedy=greedy,
                            top_k=top_k, nucleus=nucleus)
-  logits, cache, lengths = prefill(model, params, ids, mask, cache_len)
+  logits, cache, lengths = prefill(model, params, inputs, cache_len)
   token = pick(logits, jax.random.fold_in(rng, 0))
   tokens = jnp.zeros((batch, budget), jnp.int32).at[:, 0].set(token)
   seen = None
@@ -179,8 +184,9 @@ def gnmt_length_penalty(length, alpha):
   return ((5.0 + length) / 6.0) ** alpha
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'num_beams'))
-def _beam_loop(model, params, ids, mask, max_new, stop_ids, alpha, *, cache_len, num_beams):
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'prompt_len', 'num_beams'))
+def _beam_loop(model, params, inputs, max_new, stop_ids, alpha, *, cache_len, prompt_len,
+               num_beams):
   """Beam search (Sutskever et al. 2014; Wu et al. 2016 Sec 7) with K = num_beams beams.
 
   Keeps K live hypotheses and the K best finished ones per prompt. Each step takes the 2K
@@ -188,10 +194,10 @@ def _beam_loop(model, params, ids, mask, max_new, stop_ids, alpha, *, cache_len,
   set scored by log P / lp, and continues with the K most probable others. It ends early once
   no live beam can beat the worst finished one. Returns (tokens [batch, budget], scores [batch]).
   """
-  batch, prompt_len = ids.shape
+  batch = jax.tree.leaves(inputs)[0].shape[0]
   k = num_beams
   budget = cache_len - prompt_len
-  logits, cache, lengths = prefill(model, params, ids, mask, cache_len)
+  logits, cache, lengths = prefill(model, params, inputs, cache_len)
   vocab = logits.shape[-1]
   # Every beam of a prompt starts from the same prefix: copy the prompt's cache K times.
   beams_of = lambda x: jnp.repeat(x, k, axis=0)  # [batch, ...] -> [batch * k, ...]
@@ -242,42 +248,65 @@ def _beam_loop(model, params, ids, mask, max_new, stop_ids, alpha, *, cache_len,
   return seqs, scores[jnp.arange(batch), best]
 
 
-def _prepare(model, prompts: Sequence[Sequence[int]], decoding: Decoding, pad_id: int):
+def _prepare(model, prompts: Sequence[Sequence[int]], decoding: Decoding, pad_id: int,
+             start_id: int | None):
+  """(prefill inputs, stop ids, prompt_len, cache_len) of token-id prompts.
+
+  A decoder continues its prompts (left-padded to a power-of-two bucket); an encoder-decoder
+  encodes them as sources (right-padded to a bucket) and starts its decoder at `start_id`.
+  """
   if not prompts or min(map(len, prompts)) < 1:
     raise ValueError('empty prompt: give every row at least one token (the text helpers start '
                      'each prompt with the end-of-text token)')
-  prompt_len, cache_len = plan_lengths(max(len(p) for p in prompts), decoding.max_new_tokens,
-                                       model.cfg.max_len)
-  ids, mask = left_pad(prompts, prompt_len, pad_id)
+  cfg = model.cfg
+  if not cfg.has_decoder:
+    raise ValueError(f'a model of arch {cfg.arch!r} cannot generate text; use a decoder or '
+                     'an encoder_decoder')
+  longest = max(len(p) for p in prompts)
+  if cfg.arch == 'encoder_decoder':
+    if start_id is None:
+      raise ValueError('an encoder-decoder needs start_id, its decoder start token')
+    cfg.check_length(longest, 'source')
+    source_len, _ = plan_lengths(longest, 1, cfg.max_len)
+    _, cache_len = plan_lengths(1, decoding.max_new_tokens, cfg.max_len)
+    ids, mask = right_pad(prompts, source_len, pad_id)
+    inputs = {'source_ids': ids, 'source_mask': mask,
+              'start_ids': np.full(len(prompts), start_id, np.int32)}
+    prompt_len = 1
+  else:
+    prompt_len, cache_len = plan_lengths(longest, decoding.max_new_tokens, cfg.max_len)
+    ids, mask = left_pad(prompts, prompt_len, pad_id)
+    inputs = {'ids': ids, 'mask': mask}
   # A fixed-size array (-1 matches no token), so adding an EOS does not recompile the loop.
   stop_ids = np.full(_MAX_STOP_IDS, -1, np.int32)
   stop_ids[:len(decoding.stop_ids)] = decoding.stop_ids
-  return ids, mask, stop_ids, cache_len
+  return inputs, stop_ids, prompt_len, cache_len
 
 
 def beam_search(model, params, prompts: Sequence[Sequence[int]], decoding: Decoding, *,
-                pad_id: int = 0) -> Generation:
+                pad_id: int = 0, start_id: int | None = None) -> Generation:
   """Beam search with `decoding.num_beams` beams (1 is allowed: it equals greedy)."""
-  ids, mask, stop_ids, cache_len = _prepare(model, prompts, decoding, pad_id)
-  tokens, scores = _beam_loop(model, params, ids, mask, decoding.max_new_tokens, stop_ids,
+  inputs, stop_ids, prompt_len, cache_len = _prepare(model, prompts, decoding, pad_id, start_id)
+  tokens, scores = _beam_loop(model, params, inputs, decoding.max_new_tokens, stop_ids,
                               decoding.length_penalty, cache_len=cache_len,
-                              num_beams=decoding.num_beams)
+                              prompt_len=prompt_len, num_beams=decoding.num_beams)
   return Generation(np.asarray(tokens), scores=np.asarray(scores))
 
 
 def decode(model, params, prompts: Sequence[Sequence[int]], decoding: Decoding, *,
-           pad_id: int = 0, return_logits: bool = False) -> Generation:
-  """Runs the jitted loop on a batch of token-id prompts of any lengths."""
+           pad_id: int = 0, start_id: int | None = None,
+           return_logits: bool = False) -> Generation:
+  """Runs the jitted loop on a batch of token-id prompts (or sources) of any lengths."""
   if decoding.num_beams > 1:
     if return_logits:
       raise ValueError('return_logits is for greedy/sampled decoding, not beam search')
-    return beam_search(model, params, prompts, decoding, pad_id=pad_id)
-  ids, mask, stop_ids, cache_len = _prepare(model, prompts, decoding, pad_id)
+    return beam_search(model, params, prompts, decoding, pad_id=pad_id, start_id=start_id)
+  inputs, stop_ids, prompt_len, cache_len = _prepare(model, prompts, decoding, pad_id, start_id)
   tokens, logits = _sample_loop(
-      model, params, ids, mask, decoding.max_new_tokens, stop_ids,
+      model, params, inputs, decoding.max_new_tokens, stop_ids,
       decoding.temperature, decoding.top_p, decoding.seed, cache_len=cache_len,
-      greedy=decoding.temperature == 0, top_k=decoding.top_k, nucleus=decoding.top_p < 1,
-      return_logits=return_logits)
+      prompt_len=prompt_len, greedy=decoding.temperature == 0, top_k=decoding.top_k,
+      nucleus=decoding.top_p < 1, return_logits=return_logits)
   logits = None if logits is None else np.asarray(logits)[:, :decoding.max_new_tokens]
   return Generation(np.asarray(tokens), logits=logits)
 
@@ -293,24 +322,34 @@ def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int], max_new: int) ->
 
 def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
              eos_id: int | None = None, stop_ids: Sequence[int] = (), pad_id: int = 0,
-             **decoding: Any) -> list[list[int]]:
-  """Continues each token-id prompt; returns the new ids of each, without the stop token.
+             start_id: int | None = None, **decoding: Any) -> list[list[int]]:
+  """Continues each token-id prompt (a decoder) or writes the target of each source (an
+  encoder-decoder, whose decoder starts at `start_id`); returns the new ids of each, without
+  the stop token.
 
   `decoding`: temperature, top_k, top_p, num_beams, length_penalty, seed (see `Decoding`).
   """
   stops = tuple(stop_ids) + (() if eos_id is None else (eos_id,))
   config = Decoding(max_new_tokens=max_new_tokens, stop_ids=stops, **decoding)
-  out = decode(model, params, prompts, config, pad_id=pad_id)
+  out = decode(model, params, prompts, config, pad_id=pad_id, start_id=start_id)
   return [cut_at_stop(row, stops, max_new_tokens) for row in out.tokens]
 
 
 def generate_text(model, params, tokenizer, prompts: Sequence[str], **decoding: Any) -> list[str]:
-  """Text continuations of text prompts; generation stops at the tokenizer's EOS.
+  """Text continuations of text prompts (a decoder), or target texts of source texts (an
+  encoder-decoder); generation stops at the tokenizer's EOS.
 
-  Each prompt is preceded by the end-of-text token, which is how every training document
-  starts (documents are packed with EOS between them, objectives/clm.py), so the model reads
-  the prompt as the beginning of a text.
+  A decoder's prompt is preceded by the end-of-text token, which is how every training
+  document starts (documents are packed with EOS between them, objectives/clm.py), so the
+  model reads the prompt as the beginning of a text. A source is framed as the model's
+  pretraining framed it (objectives/seq2seq.py `frame`).
   """
+  cfg = model.cfg
+  if cfg.arch == 'encoder_decoder':
+    sources = [seq2seq.frame(tokenizer, tokenizer.encode(p), cfg.decoder_start) for p in prompts]
+    new = generate(model, params, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   start_id=seq2seq.start_id(tokenizer, cfg.decoder_start), **decoding)
+    return [tokenizer.decode(n) for n in new]
   ids = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]
   new = generate(model, params, ids, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, **decoding)
   return [continuation(tokenizer, p, n) for p, n in zip(ids, new)]
@@ -330,34 +369,15 @@ def complete(model, params, tokenizer, prompt: str, max_new_tokens: int = 64,
                        **decoding)[0]
 
 
-def load_trained(config, workdir: str):
-  """(Experiment, params) of a trained decoder's newest checkpoint in `workdir`."""
-  from research import checkpointing, train  # the training stack is only needed for workdirs
-  exp = train.build(config, workdir)
-  if exp.objective.is_encoder:
-    raise ValueError(f'{workdir} holds an encoder ({config.objective.name}); generation and '
-                     'in-context evaluation need a decoder trained with objective clm')
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                    keep=config.checkpoint.keep)
-  try:
-    if ckpt.latest_step() is None:
-      raise checkpointing.CheckpointError(f'no checkpoint in {workdir}/checkpoints; train '
-                                          'first or point --workdir at a trained run')
-    state, _ = ckpt.restore(exp.abstract_state)
-  finally:
-    ckpt.close()
-  return exp, state.params
+def generate_from_workdir(workdir: str, prompts: Sequence[str], **decoding: Any) -> list[str]:
+  cfg, params, tokenizer, _ = loading.load_params(workdir)
+  return generate_text(models.build(cfg), params, tokenizer, prompts, **decoding)
 
 
-def generate_from_workdir(config, workdir: str, prompts: Sequence[str],
-                          **decoding: Any) -> list[str]:
-  exp, params = load_trained(config, workdir)
-  return generate_text(exp.model, params, exp.tokenizer, prompts, **decoding)
-
-
-def run_generate(config, workdir: str, prompts: Sequence[str] | None,
-                 prompts_file: str | None, **decoding: Any) -> list[str]:
-  """`--mode=generate`: prompts from --prompt and/or --prompts_file (one per line)."""
+def run_generate(workdir: str, prompts: Sequence[str] | None, prompts_file: str | None,
+                 **decoding: Any) -> list[str]:
+  """`--mode=generate`: prompts (decoders) or sources (encoder-decoders) from --prompt and/or
+  --prompts_file (one per line), of the model in `workdir` (or an HF model directory)."""
   prompts = list(prompts or [])
   if prompts_file:
     if not os.path.exists(prompts_file):
@@ -366,4 +386,4 @@ def run_generate(config, workdir: str, prompts: Sequence[str] | None,
       prompts += [line.rstrip('\n') for line in f if line.strip()]
   if not prompts:
     raise ValueError('nothing to generate from: pass --prompt=TEXT or --prompts_file=FILE')
-  return generate_from_workdir(config, workdir, prompts, **decoding)
+  return generate_from_workdir(workdir, prompts, **decoding)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import loading, models
+from research.data import corpus
 from research.tasks.readers import read_delimited
 
 SENTIMENT_DIR = Path(__file__).parent / 'data' / 'assets' / 'rotten_tomatoes'
@@ -160,21 +162,25 @@ def run_incontext_eval(config, workdir: str, *, shots: Sequence[int] = (0, 1, 4)
   """k-shot sentiment on `num_examples` test reviews and last-word accuracy on the held-out
   documents, for a decoder workdir. The context is capped at the trained sequence length:
   positions beyond it were never trained."""
-  from research import generate  # its workdir loader builds the training stack
-  exp, params = generate.load_trained(config, workdir)
+  cfg, params, tokenizer, _ = loading.load_params(workdir)
+  if cfg.arch != 'decoder':
+    raise ValueError(f'{workdir} holds an {cfg.arch}; in-context evaluation scores a decoder '
+                     '(a left-to-right LM)')
+  model = models.build(cfg)
+  _, eval_docs = corpus.load_corpora(config)
   window = config.data.max_seq_len
   test = read_sentiment('test', sentiment_dir)
   test = [test[i] for i in np.random.default_rng(seed).permutation(len(test))[:num_examples]]
   train = read_sentiment('train', sentiment_dir)
   metrics = {}
   for k in shots:
-    result = classify_by_prompting(exp.model, params, exp.tokenizer, test, train, k, seed=seed,
+    result = classify_by_prompting(model, params, tokenizer, test, train, k, seed=seed,
                                    max_context=window)
     for name in ('accuracy', 'calibrated_accuracy', 'predicted_positive'):
       metrics[f'sentiment/{k}shot_{name}'] = result[name]
   metrics['sentiment/majority_baseline'] = result['majority_baseline']
-  lambada = last_word_accuracy(exp.model, params, exp.tokenizer,
-                               last_word_examples(exp.eval_docs, max_examples=num_examples),
+  lambada = last_word_accuracy(model, params, tokenizer,
+                               last_word_examples(eval_docs, max_examples=num_examples),
                                max_context=window)
   metrics.update({f'last_word/{k}': v for k, v in lambada.items()})
   return metrics

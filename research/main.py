@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research import checkpointing, finetune, generate, incontext, reporting, train
+from research import checkpointing, finetune, generate, incontext, loading, reporting, train
 from research.data import corpus
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
@@ -31,7 +31,8 @@ _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval', 'generate'],
     'train: pretrain, or fine-tune when the config has a `task` section (configs/finetune.py); '
     'eval: held-out metrics of the newest checkpoint (decoders add in-context evaluation); '
-    'generate: continue --prompt / --prompts_file with a trained decoder.')
+    'generate: continue --prompt / --prompts_file with a trained decoder, or write the target '
+    'of each as a source with a trained encoder-decoder.')
 _PROMPT = flags.DEFINE_multi_string('prompt', None, 'generate: a prompt (repeatable).')
 _PROMPTS_FILE = flags.DEFINE_string('prompts_file', None, 'generate: a file of prompts, one a line.')
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'generate: tokens to add per prompt.')
@@ -70,11 +71,11 @@ def run(config, workdir: str, mode: str):
     if is_finetune:
       return finetune.evaluate_finetuned(config, workdir)
     metrics = train.evaluate_checkpoint(config, workdir)
-    if config.objective.name == 'clm':
+    if loading.read_model_config(workdir).arch == 'decoder':
       metrics.update(incontext.run_incontext_eval(config, workdir))
     return metrics
   texts = generate.run_generate(
-      config, workdir, _PROMPT.value, _PROMPTS_FILE.value, max_new_tokens=_MAX_NEW.value,
+      workdir, _PROMPT.value, _PROMPTS_FILE.value, max_new_tokens=_MAX_NEW.value,
       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
       num_beams=_NUM_BEAMS.value, length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
   for text in texts:

@@ -273,6 +273,25 @@ class _LibraryInfoFilter(python_logging.Filter):
     return record.levelno >= python_logging.WARNING or '/site-packages/' not in record.pathname
 
 
+class _PlainInfoFormatter(python_logging.Formatter):
+  """INFO lines as their bare message (`step 50/600 | train/loss ...`); warnings and errors
+  keep absl's prefix (level, time, file:line), which says where they came from."""
+
+  def __init__(self, detailed: python_logging.Formatter):
+    super().__init__()
+    self._detailed = detailed
+
+  def format(self, record):
+    if record.levelno == python_logging.INFO:
+      return record.getMessage()
+    return self._detailed.format(record)
+
+
 def quiet_library_logs() -> None:
-  """Keeps the console to this project's progress lines plus every library warning/error."""
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  """Keeps the console to this project's progress lines, printed plainly, plus every library
+  warning/error (metrics.jsonl and TensorBoard keep every value)."""
+  handler = logging.get_absl_handler()
+  handler.addFilter(_LibraryInfoFilter())
+  python_handler = handler.python_handler
+  python_handler.setFormatter(_PlainInfoFormatter(python_handler.formatter
+                                                  or logging.PythonFormatter()))

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from research import (checkpointing, flops, loop, optim, reporting, sharding, state as state_lib,
-                      steps)
+from research import (checkpointing, flops, loading, loop, models, objectives, optim,
+                      reporting, sharding, state as state_lib, steps)
 from research.data import corpus, pipeline, tokenizer as tokenizer_lib
 from research.models.config import ModelConfig
 
@@ -31,7 +31,7 @@ class Experiment:
   tokenizer: tokenizer_lib.Tokenizer
   train_docs: list
   eval_docs: list
-  objective: steps.Objective
+  objective: objectives.Objective
   model_cfg: ModelConfig
   model: Any
   tx: Any
@@ -46,7 +46,8 @@ def tokenizer_path(config, workdir: str) -> str:
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Resolves data, tokenizer, model, optimizer and the sharded state layout."""
   mesh = sharding.make_mesh(config.mesh)
-  objective = steps.Objective(config.objective.name, config.objective.max_predictions_per_seq)
+  arch = ModelConfig.from_config(config.model, vocab_size=1)  # the vocabulary comes below
+  objective = objectives.from_config(config.objective, arch.decoder_start)
   train_docs, eval_docs = corpus.load_corpora(config)
   tok = tokenizer_lib.load_or_train(
       tokenizer_path(config, workdir),
@@ -54,18 +55,38 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       vocab_size=config.data.tokenizer.vocab_size,
       model_type=config.data.tokenizer.model_type,
       max_sentences=config.data.tokenizer.max_training_sentences)
-  vocab_size = config.model.vocab_size or tok.vocab_size
-  if vocab_size < tok.vocab_size:
+  # T5's sentinels take ids above the tokenizer's pieces (objective.extra_ids).
+  needed = tok.vocab_size + objective.extra_ids
+  vocab_size = config.model.vocab_size or needed
+  if vocab_size < needed:
     raise ValueError(f'--config.model.vocab_size={vocab_size} is smaller than the tokenizer\'s '
-                     f'{tok.vocab_size} pieces; set it to 0 to follow the tokenizer')
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size)
+                     f'{tok.vocab_size} pieces + {objective.extra_ids} objective ids; set it to '
+                     '0 to follow the tokenizer')
+  model_cfg = arch.replace(vocab_size=vocab_size)
+  objective.check_arch(model_cfg.arch)
+  _check_workdir_model(workdir, model_cfg)
   model_cfg.check_length(config.data.max_seq_len)
-  model = steps.build_model(objective, model_cfg)
+  model = models.build(model_cfg)
   tx = optim.make_optimizer(config.optim, config.train.steps)
-  init_params = functools.partial(steps.init_params, model, objective, config.data.max_seq_len)
+  init_params = functools.partial(models.init_params, model, length=config.data.max_seq_len)
   abstract, init = state_lib.sharded_init(init_params, tx, config.train.seed, mesh)
   return Experiment(config, workdir, mesh, tok, train_docs, eval_docs, objective, model_cfg,
                     model, tx, abstract, init)
+
+
+def _check_workdir_model(workdir: str, cfg: ModelConfig):
+  """A workdir that already holds another model (e.g. a GPT run given a T5 config) is an
+  error before anything is written or restored."""
+  if not os.path.exists(os.path.join(workdir, loading.MODEL_FILE)):
+    return
+  saved = loading.read_model_config(workdir)
+  changed = [f'{k}={getattr(saved, k)!r} (config: {getattr(cfg, k)!r})'
+             for k in ('arch', 'vocab_size', 'd_model', 'num_layers', 'num_decoder_layers',
+                       'num_heads', 'd_ff', 'position', 'mlp')
+             if getattr(saved, k) != getattr(cfg, k)]
+  if changed:
+    raise ValueError(f'{workdir} holds a model with {", ".join(changed[:3])}; use a fresh '
+                     '--workdir or the config this workdir was trained with')
 
 
 def _check_batch(name: str, size: int, mesh, accum: int = 1):
@@ -82,7 +103,7 @@ def make_eval_fn(exp: Experiment):
   if not config.train.eval_batches or not exp.eval_docs:
     return None
   _check_batch('--config.train.eval_batch_size', config.train.eval_batch_size, exp.mesh)
-  batches = pipeline.make_eval_batches(config, exp.tokenizer, exp.eval_docs,
+  batches = pipeline.make_eval_batches(config, exp.objective, exp.tokenizer, exp.eval_docs,
                                        batch_size=config.train.eval_batch_size,
                                        max_batches=config.train.eval_batches)
   shardings = state_lib.shardings_of(exp.abstract_state)
@@ -100,18 +121,18 @@ def make_eval_fn(exp: Experiment):
   return evaluate
 
 
-def flops_per_step(model_cfg: ModelConfig, objective: steps.Objective, batch_size: int,
-                   seq_len: int) -> float:
+def example_lengths(batch: dict) -> tuple[int, int]:
+  """(input length, decoder input length or 0) of a batch's examples."""
+  target = batch['decoder_input_ids'].shape[-1] if 'decoder_input_ids' in batch else 0
+  return batch['input_ids'].shape[-1], target
+
+
+def flops_per_step(model_cfg: ModelConfig, objective: objectives.Objective, batch_size: int,
+                   lengths: tuple[int, int]) -> float:
   """Model FLOPs of one training step (forward + backward) over the global batch."""
-  per_token = flops.transformer_flops_per_token(
-      num_layers=model_cfg.num_layers, d_model=model_cfg.d_model, d_ff=model_cfg.d_ff,
-      num_heads=model_cfg.num_heads, seq_len=seq_len, vocab_size=model_cfg.vocab_size,
-      training=True)
-  if objective.is_encoder:
-    # The MLM head projects only max_predictions rows per sequence onto the vocabulary.
-    unused = max(1 - objective.max_predictions / seq_len, 0.0)
-    per_token -= 6 * model_cfg.d_model * model_cfg.vocab_size * unused
-  return per_token * batch_size * seq_len
+  length, target = lengths
+  return batch_size * flops.model_flops(model_cfg, length=length, target_length=target,
+                                        vocab_positions=objective.vocab_positions(length))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -121,14 +142,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_chief = jax.process_index() == 0
   if is_chief:
     reporting.write_run_info(workdir, config)
+  loading.write_model_config(workdir, exp.model_cfg)
   _check_batch('--config.train.batch_size', config.train.batch_size, exp.mesh,
                config.train.grad_accum_steps)
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
   dataset = pipeline.make_train_dataset(
-      config, exp.tokenizer, exp.train_docs,
+      config, exp.objective, exp.tokenizer, exp.train_docs,
       batch_size=config.train.batch_size // jax.process_count(),
       shard_index=jax.process_index(), shard_count=jax.process_count())
+  lengths = example_lengths(next(iter(dataset)))
   data_iter = iter(dataset)
   latest = ckpt.latest_step()
   if latest is None:
@@ -149,9 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   reporter = reporting.Reporter(
       workdir, total_steps=config.train.steps, log_every=config.train.log_every,
       flops_per_step=flops_per_step(exp.model_cfg, exp.objective, config.train.batch_size,
-                                    config.data.max_seq_len),
+                                    lengths),
       peak_flops=flops.peak_flops(exp.model_cfg.dtype),
-      tokens_per_step=config.train.batch_size * config.data.max_seq_len, start_step=start,
+      # Encoder-decoders count source and target tokens.
+      tokens_per_step=config.train.batch_size * sum(lengths), start_step=start,
       is_chief=is_chief)
   if start == 0:
     baseline = pipeline.unigram_baseline(exp.tokenizer, exp.train_docs, exp.eval_docs)
@@ -185,12 +209,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   if step is None:
     raise checkpointing.CheckpointError(f'no checkpoint in {workdir}/checkpoints; train first '
                                         'or point --workdir at a trained run')
-  state, _ = ckpt.restore(exp.abstract_state)
+  params = ckpt.restore_params(exp.abstract_state.params, step)
   evaluate = make_eval_fn(exp)
   if evaluate is None:
     raise ValueError('nothing to evaluate: set --config.train.eval_batches > 0 and a corpus '
                      'with held-out documents')
-  metrics = evaluate(state.params)
+  metrics = evaluate(params)
   reporter = reporting.Reporter(workdir, total_steps=step, log_every=1, flops_per_step=None,
                                 peak_flops=None, tokens_per_step=0,
                                 is_chief=jax.process_index() == 0)

@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import bert as bert_config, finetune as finetune_config, gpt as gpt_config
+from configs import (bart as bart_config, bert as bert_config, finetune as finetune_config,
+                     gpt as gpt_config, t5 as t5_config)
 from research import checkpointing, finetune, train
 from research.models import task_model
 from research.models.config import ModelConfig
@@ -51,7 +52,7 @@ def test_last_token_reads_the_last_real_position():
 
 
 def test_gpt_classifier_reads_extract_token_and_ignores_padding():
-  model = task_model.TaskModel(CFG, 'decoder', 'classification', 3)
+  model = task_model.TaskModel(CFG.replace(arch='decoder'), 'classification', 3)
   ids = jnp.array([[[2, 11, 12, 5, 13, 4, 0, 0]]])  # start A delim B extract pad pad
   mask = (ids != 0).astype(jnp.int32)
   params = task_model.init_params(model, 8, 1, jax.random.PRNGKey(0))
@@ -64,22 +65,24 @@ def test_gpt_classifier_reads_extract_token_and_ignores_padding():
   assert not np.allclose(logits(ids), logits(other_first))
 
 
-@pytest.mark.parametrize('family', ['encoder', 'decoder'])
+@pytest.mark.parametrize('arch', ['encoder', 'decoder', 'encoder_decoder'])
 @pytest.mark.parametrize('task_type,inputs,expected', [
     ('classification', (2, 1, 8), (2, 3)), ('regression', (2, 2, 8), (2,)),
     ('multiple_choice', (2, 4, 8), (2, 4)), ('tagging', (2, 8), (2, 8, 3)),
     ('span', (2, 8), (2, 8))])
-def test_task_model_shapes(family, task_type, inputs, expected):
-  model = task_model.TaskModel(CFG, family, task_type, 3 if task_type != 'span' else 2,
-                               bilstm_size=4 if family == 'decoder' else 0)
+def test_task_model_shapes(arch, task_type, inputs, expected):
+  model = task_model.TaskModel(CFG.replace(arch=arch), task_type,
+                               3 if task_type != 'span' else 2,
+                               bilstm_size=4 if arch == 'decoder' else 0)
   ids = jnp.ones(inputs, jnp.int32)
   params = task_model.init_params(model, 8, inputs[1] if len(inputs) == 3 else 1,
                                   jax.random.PRNGKey(0))
   out = model.apply({'params': params}, ids, jnp.zeros_like(ids), jnp.ones_like(ids))
   logits = out['logits']['start'] if task_type == 'span' else out['logits']
   assert logits.shape == expected
-  assert (out['lm_logits'] is None) == (family == 'encoder')
-  assert ('bilstm' in params) == (family == 'decoder')
+  assert (out['lm_logits'] is None) == (arch != 'decoder')
+  assert ('bilstm' in params) == (arch == 'decoder')
+  assert task_model.BACKBONES[arch] in params
 
 
 def test_bilstm_summary_ignores_padding():
@@ -111,7 +114,10 @@ def pretrained(small_corpus, tmp_path_factory):
   root = tmp_path_factory.mktemp('pretrained')
   return {'bert': tiny_pretrain(bert_config.get_config('variant=tiny'), small_corpus,
                                 root / 'bert'),
-          'gpt': tiny_pretrain(gpt_config.get_config('variant=tiny'), small_corpus, root / 'gpt')}
+          'gpt': tiny_pretrain(gpt_config.get_config('variant=tiny'), small_corpus, root / 'gpt'),
+          't5': tiny_pretrain(t5_config.get_config('variant=tiny'), small_corpus, root / 't5'),
+          'bart': tiny_pretrain(bart_config.get_config('variant=tiny'), small_corpus,
+                                root / 'bart')}
 
 
 WORDS = ('good fine great nice', 'bad poor awful dull', 'the a film movie plot it was')
@@ -149,7 +155,7 @@ def test_finetune_bert_from_pretrained_workdir(pretrained, tmp_path):
   records = read_metrics(workdir)
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2]
   start = next(r for r in records if r.get('event') == 'start')
-  assert start['family'] == 'encoder' and 'baseline/accuracy' in start
+  assert start['arch'] == 'encoder' and 'baseline/accuracy' in start
   for name in ('pretrained.json', 'tokenizer.model', 'config.json', 'predictions/dev.tsv'):
     assert (workdir / name).exists(), name
   assert (workdir / 'checkpoints' / '2').is_dir()
@@ -159,9 +165,9 @@ def test_finetune_bert_from_pretrained_workdir(pretrained, tmp_path):
 
   # The encoder starts from the pretraining checkpoint, bit for bit; the head is new.
   ft, loaded = finetune.build(config, str(tmp_path / 'fresh'), need_params=True)
-  state = finetune._load_backbone(ft, ft.init_state(), loaded)  # noqa: SLF001
+  state = finetune._load_pretrained(ft, ft.init_state(), loaded)  # noqa: SLF001
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params['encoder']),
-               jax.device_get(loaded.params))
+               jax.device_get(loaded.params['encoder']))  # EncoderLM's encoder, heads dropped
   assert set(state.params) == {'encoder', 'head'}
 
   # --mode=eval appends the same metrics again.
@@ -188,7 +194,7 @@ def test_finetune_gpt_pair_both_orders_with_lm_loss(pretrained, tmp_path):
   train_records = [r for r in read_metrics(workdir) if 'train/loss' in r]
   assert all('train/lm_loss' in r for r in train_records)
   ft, _ = finetune.build(config, str(workdir))
-  assert ft.family == 'decoder' and ft.style.name == 'gpt'
+  assert ft.model_cfg.arch == 'decoder' and ft.style.name == 'gpt'
   assert ft.splits['train'].arrays['input_ids'].shape[1] == 2  # both orders
 
 
@@ -198,14 +204,14 @@ def test_finetune_from_scratch_tagging_with_bilstm(pretrained, tmp_path):
   sentence = 'The\tat\ndog\tnn\nbarked\tvbd\n.\t.\n\n'
   (data / 'train.txt').write_text(sentence * 12)
   (data / 'dev.txt').write_text(sentence * 3)
-  config = finetune_cfg(str(data), '', task__format='conll', finetune__family='decoder',
+  config = finetune_cfg(str(data), '', task__format='conll', model__arch='decoder',
                         finetune__bilstm_size=8,
                         data__tokenizer__path=os.path.join(pretrained['bert'], 'tokenizer.model'),
                         model__num_layers=1)
   results = finetune.run_finetune(config, str(tmp_path / 'run'))
   assert 0 <= results['dev/accuracy'] <= 1
   record = json.loads((tmp_path / 'run' / 'pretrained.json').read_text())
-  assert record['init_from'] == '' and record['family'] == 'decoder'
+  assert record['init_from'] == '' and record['model']['arch'] == 'decoder'
   lines = (tmp_path / 'run' / 'predictions' / 'dev.tsv').read_text().split('\n')
   assert lines[0].startswith('The\t')
 
@@ -234,6 +240,55 @@ def test_finetune_span_and_multiple_choice(pretrained, tmp_path):
                         task__label_column='y', task__choice_columns='c')
   results = finetune.run_finetune(config, str(tmp_path / 'mc_run'))
   assert 0 <= results['dev/accuracy'] <= 1
+
+
+def seq2seq_dir(path, rows=24):
+  """Old -> new spelling pairs, as task=modernize's verses (source/target columns)."""
+  path.mkdir(parents=True, exist_ok=True)
+  old = ['thou art', 'ye have', 'he saith', 'thee and thine']
+  new = ['you are', 'you have', 'he says', 'you and yours']
+  for split, n in (('train', rows), ('dev', 8)):
+    lines = ['source\ttarget'] + [f'{old[i % 4]} {i}\t{new[i % 4]} {i}' for i in range(n)]
+    (path / f'{split}.tsv').write_text('\n'.join(lines) + '\n')
+  return str(path)
+
+
+@pytest.mark.parametrize('name', ['t5', 'bart', 'gpt'])
+def test_finetune_seq2seq(name, pretrained, tmp_path):
+  """Teacher-forced training of the pretrained model itself; dev decoded and scored by BLEU /
+  chrF beside the copy-the-source baseline; --mode=eval reloads and decodes the same."""
+  config = finetune_cfg(seq2seq_dir(tmp_path / 'data'), pretrained[name], task__type='seq2seq',
+                        task__metrics='bleu,chrf,exact_match', task__max_target_len=12)
+  workdir = tmp_path / 'run'
+  results = finetune.run_finetune(config, str(workdir))
+  assert {'dev/bleu', 'dev/chrf', 'dev/exact_match', 'dev/perplexity', 'dev/loss'} <= set(results)
+  start = next(r for r in read_metrics(workdir) if r.get('event') == 'start')
+  assert start['baseline/bleu'] > 0 and start['arch'] == ('decoder' if name == 'gpt'
+                                                          else 'encoder_decoder')
+  lines = (workdir / 'predictions' / 'dev.tsv').read_text().splitlines()
+  assert lines[0] == 'index\tprediction' and len(lines) == 9
+  assert finetune.evaluate_finetuned(config, str(workdir)) == results
+  assert json.loads((workdir / 'model.json').read_text())['arch'] == start['arch']
+
+
+def test_text_to_text_classification_t5(pretrained, tmp_path):
+  """T5 Sec 2.4: the label is written as a word and scored by exact match with it."""
+  config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['t5'],
+                        finetune__text_to_text=True, finetune__label_words='bad,good')
+  ft, _ = finetune.build(config, str(tmp_path / 'run'))
+  assert ft.generates and ft.task.splits['dev'][0].target in ('bad', 'good')
+  assert ft.task.splits['dev'][0].texts[0].startswith('sentence: ')
+  results = finetune.run_finetune(config, str(tmp_path / 'run'))
+  assert 0 <= results['dev/accuracy'] <= 1 and 'dev/perplexity' in results
+
+
+def test_bart_classification_head(pretrained, tmp_path):
+  """BART Sec 3.1: encoder and decoder read the same input; the last decoder state is classified."""
+  config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['bart'])
+  results = finetune.run_finetune(config, str(tmp_path / 'run'))
+  assert 0 <= results['dev/accuracy'] <= 1
+  ft, _ = finetune.build(config, str(tmp_path / 'run'))
+  assert not ft.generates and 'encoder_decoder' in ft.abstract_state.params
 
 
 def test_finetune_resume_equals_uninterrupted(pretrained, tmp_path, monkeypatch):
@@ -277,12 +332,13 @@ def test_finetune_from_imported_hf_checkpoint(name, tmp_path):
   config = finetune_cfg(sentiment_dir(tmp_path / 'data'), directory)
   workdir = str(tmp_path / 'run')
   ft, pretrained = finetune.build(config, workdir, need_params=True)
-  assert ft.family == imported.family
+  assert ft.model_cfg == imported.cfg
   assert ft.tokenizer.encode('the cat') == imported.tokenizer.encode('the cat')
-  key = 'encoder' if ft.family == 'encoder' else 'decoder'
-  state = finetune._load_backbone(ft, ft.init_state(), pretrained)
+  key = task_model.BACKBONES[ft.model_cfg.arch]
+  state = finetune._load_pretrained(ft, ft.init_state(), pretrained)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params[key]),
-               jax.tree.map(np.asarray, imported.backbone))
+               jax.tree.map(np.asarray, task_model.pretrained_backbone(imported.cfg,
+                                                                       imported.params)))
   results = finetune.run_finetune(config, workdir)
   again = finetune.evaluate_finetuned(config, workdir)
   assert again['dev/accuracy'] == results['dev/accuracy']
@@ -290,7 +346,7 @@ def test_finetune_from_imported_hf_checkpoint(name, tmp_path):
 
 def test_bad_init_from_is_a_clear_error(tmp_path):
   task_dir = sentiment_dir(tmp_path / 'data')
-  with pytest.raises(FileNotFoundError, match='pretraining workdir'):
+  with pytest.raises(FileNotFoundError, match='training workdir'):
     finetune.run_finetune(finetune_cfg(task_dir, str(tmp_path / 'nowhere')),
                           str(tmp_path / 'run'))
 

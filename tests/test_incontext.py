@@ -10,7 +10,7 @@ import pytest
 from research import incontext
 from research.models import presets
 from research.models.config import ModelConfig
-from research.models.decoder import GPT
+from research.models.decoder import Decoder
 
 GOOD, BAD = ('great', 'superb', 'lovely', 'moving'), ('awful', 'dull', 'boring', 'clumsy')
 
@@ -37,7 +37,7 @@ def trained():
   cfg = ModelConfig(**{**presets.FAMILIES['gpt2'], 'vocab_size': 128, 'max_len': 64,
                        'd_model': 64, 'num_layers': 2, 'num_heads': 4, 'd_ff': 128,
                        'dropout': 0.0, 'attention_dropout': 0.0})
-  model = GPT(cfg)
+  model = Decoder(cfg)
   rng = np.random.default_rng(0)
   texts = [incontext.sentiment_prompt(review(w), int(w in GOOD)) for w in GOOD + BAD]
   rows = [[tok.eos_id, *tok.encode(t)] for t in texts]

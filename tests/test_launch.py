@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from configs import base as cfg_base
 from configs.repro import bert_table5
 from launch import collect, hyper, repro, sweep
 from tests.conftest import REPO
@@ -156,10 +157,14 @@ def test_table5_recipe_configs_and_sweeps(tmp_path):
   pre = bert_table5.get_sweep('variant=tiny,stage=pretrain')
   assert [r['arg.objective'] for r in pre] == ['mlm_nsp', 'mlm', 'clm']
   configs = [bert_table5.get_config(f'stage=pretrain,objective={o}') for o in ('mlm_nsp', 'clm')]
-  # Equal compute: only the objective differs.
+  # Equal compute: only the objective differs, and the arch it trains (the same BERT
+  # stack, read with a causal mask).
   assert configs[0].objective.name == 'mlm_nsp' and configs[1].objective.name == 'clm'
+  assert (configs[0].model.arch, configs[1].model.arch) == ('encoder', 'decoder')
   for key in ('model', 'train', 'data', 'optim'):
-    assert configs[0][key].to_dict() == configs[1][key].to_dict(), key
+    a, b = configs[0][key].to_dict(), configs[1][key].to_dict()
+    a.pop('arch', None), b.pop('arch', None)
+    assert a == b, key
   runs = bert_table5.get_sweep('variant=tiny,stage=finetune')
   assert len(runs) == 3 * 5 * 3
   specs = sweep.expand('configs/repro/bert_table5.py:variant=tiny,stage=finetune',
@@ -178,7 +183,7 @@ def test_table5_recipe_configs_and_sweeps(tmp_path):
   assert len({c.train.steps for c in by_setting.values()}) == 1
   assert os.path.exists(by_setting['mlm'].task.dev) and not by_setting['mlm'].task.test
   base = bert_table5.get_config('variant=base,stage=pretrain')
-  assert base.model.num_layers == 12 and base.train.batch_size == 256
+  assert cfg_base.model_field(base, 'num_layers') == 12 and base.train.batch_size == 256
   with pytest.raises(ValueError, match='pretrained'):
     bert_table5.get_config('stage=finetune')
 

@@ -1,14 +1,16 @@
-"""Model semantics: masks, KV cache, intermediates, published parameter counts."""
+"""Model semantics: masks, KV cache, intermediates, published parameter counts, for every arch."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.models import presets
+from research import models
+from research.models import masks, presets
 from research.models.config import ModelConfig
-from research.models.decoder import GPT, init_cache
-from research.models.encoder import BertForPretraining, Encoder
+from research.models.decoder import Decoder
+from research.models.encoder import Encoder, EncoderLM
+from research.models.encoder_decoder import EncoderDecoder
 
 TINY = dict(vocab_size=97, max_len=32, d_model=32, num_layers=2, num_heads=4, d_ff=64,
             dropout=0.0, attention_dropout=0.0)
@@ -19,6 +21,10 @@ def encoder_cfg(**kw):
 
 
 def decoder_cfg(family='gpt2', **kw):
+  return ModelConfig(**{**presets.FAMILIES[family], **TINY, **kw})
+
+
+def seq2seq_cfg(family='t5', **kw):
   return ModelConfig(**{**presets.FAMILIES[family], **TINY, **kw})
 
 
@@ -39,7 +45,7 @@ def test_encoder_output_depends_on_future_tokens():
 
 @pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
 def test_decoder_output_never_depends_on_future_tokens(family):
-  model = GPT(decoder_cfg(family))
+  model = Decoder(decoder_cfg(family))
   ids = jnp.array([[5, 6, 7, 8, 9, 10]])
   params = init(model, ids)
   for j in range(ids.shape[1]):
@@ -64,7 +70,7 @@ def test_local_window_limits_receptive_field():
   """GPT-3 alternating pattern: layer 0 is dense (sees every earlier position), layer 1 is
   locally banded (w=2: a query sees itself and the one position before it)."""
   cfg = decoder_cfg(num_layers=2, local_window=2)
-  model = GPT(cfg)
+  model = Decoder(cfg)
   ids = jnp.arange(1, 9)[None]
   params = init(model, ids)
   out = model.apply({'params': params}, ids, return_intermediates=True)
@@ -88,23 +94,22 @@ def test_intermediates_chain_layers():
   np.testing.assert_allclose(out.attentions[0].sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(out.hidden_states[-1], out.hidden)
   # Layer 1's input is layer 0's output: rerunning layer 1 alone on hidden_states[1] gives [2].
-  from research.models.attention import make_mask
   from research.models.transformer import Block
-  mask = make_mask(jnp.arange(4), jnp.arange(4), jnp.ones((1, 4)), causal=False)
-  again, _, _ = Block(cfg).apply({'params': params['stack']['layer_1']},
-                                 out.hidden_states[1], mask, True)
+  mask = masks.attention_mask(jnp.arange(4)[None], jnp.arange(4)[None], jnp.ones((1, 4)))
+  again, _, _ = Block(cfg, num_layers=cfg.num_layers).apply(
+      {'params': params['stack']['layer_1']}, out.hidden_states[1], {'mask': mask}, True)
   np.testing.assert_allclose(again, out.hidden_states[2], atol=1e-5)
 
 
 @pytest.mark.parametrize('local_window', [0, 3])
 def test_kv_cache_decoding_equals_full_forward(local_window):
   cfg = decoder_cfg(local_window=local_window)
-  model = GPT(cfg)
+  model = Decoder(cfg)
   ids = jax.random.randint(jax.random.key(1), (2, 10), 1, cfg.vocab_size)
   params = init(model, ids)
   full = model.apply({'params': params}, ids).logits
   # Prefill 4 tokens, then decode the remaining 6 one at a time.
-  cache = init_cache(cfg, 2, 10)
+  cache = model.init_cache(2, 10)
   out = model.apply({'params': params}, ids[:, :4], cache=cache, cache_index=0)
   steps = [out.logits]
   cache = out.cache
@@ -117,7 +122,7 @@ def test_kv_cache_decoding_equals_full_forward(local_window):
 
 def test_left_padded_prompt_with_positions_equals_unpadded():
   cfg = decoder_cfg()
-  model = GPT(cfg)
+  model = Decoder(cfg)
   ids = jnp.array([[7, 8, 9]])
   params = init(model, ids)
   ref = model.apply({'params': params}, ids).logits[0, -1]
@@ -129,13 +134,13 @@ def test_left_padded_prompt_with_positions_equals_unpadded():
 
 
 def test_sequence_longer_than_positions_is_a_clear_error():
-  model = GPT(decoder_cfg())
+  model = Decoder(decoder_cfg())
   with pytest.raises(ValueError, match='exceeds the model'):
     init(model, jnp.zeros((1, 33), jnp.int32))
 
 
 def test_mlm_head_is_tied_to_token_embeddings():
-  model = BertForPretraining(encoder_cfg())
+  model = EncoderLM(encoder_cfg())
   ids = jnp.array([[5, 6, 7]])
   params = init(model, ids)
   names = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -144,11 +149,68 @@ def test_mlm_head_is_tied_to_token_embeddings():
                                  "['mlm_head']['bias']"]
 
 
+@pytest.mark.parametrize('family', ['t5', 't5.1.1', 'bart'])
+def test_encoder_decoder_masks(family):
+  """The decoder never sees later target tokens; every target position sees every source
+  token; source padding changes nothing."""
+  cfg = seq2seq_cfg(family)
+  model = EncoderDecoder(cfg)
+  source = jnp.array([[5, 6, 7, 8, 9, 0, 0]])
+  source_mask = jnp.array([[1, 1, 1, 1, 1, 0, 0]])
+  target = jnp.array([[3, 11, 12, 13, 14]])
+  params = init(model, source, target)
+  logits = lambda src, tgt: np.asarray(model.apply({'params': params}, src, tgt, source_mask).logits)
+  ref = logits(source, target)
+  for j in range(target.shape[1]):
+    diff = np.abs(ref - logits(source, target.at[0, j].set(20))).max(-1)[0]
+    assert (diff[:j] == 0).all() and (diff[j:] > 1e-6).all(), (j, diff)
+  for i in range(5):
+    diff = np.abs(ref - logits(source.at[0, i].set(20), target)).max(-1)[0]
+    assert (diff > 1e-6).all(), (i, diff)
+  np.testing.assert_array_equal(ref, logits(source.at[0, 6].set(40), target))
+
+
+@pytest.mark.parametrize('family', ['t5', 'bart'])
+def test_encoder_decoder_cached_decoding_equals_full_forward(family):
+  """prefill (encode once, cache cross-attention keys/values) + decode_step == teacher forcing."""
+  cfg = seq2seq_cfg(family)
+  model = EncoderDecoder(cfg)
+  source = jax.random.randint(jax.random.key(1), (2, 9), 1, cfg.vocab_size)
+  source_mask = jnp.array([[1] * 9, [1] * 6 + [0] * 3])
+  target = jax.random.randint(jax.random.key(2), (2, 7), 1, cfg.vocab_size)
+  params = init(model, source, target)
+  full = model.apply({'params': params}, source, target, source_mask).logits
+  logits, cache, lengths = model.apply({'params': params}, source, source_mask, target[:, 0],
+                                       cache_len=8, method='prefill')
+  steps = [logits]
+  for t in range(1, 7):
+    logits, cache = model.apply({'params': params}, target[:, t], lengths + t - 1, cache, t,
+                                method='decode_step')
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-5)
+
+
+def test_t5_relative_bias_is_one_table_per_stack():
+  cfg = seq2seq_cfg('t5')
+  params = init(EncoderDecoder(cfg), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32))
+  tables = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+            if 'relative_bias' in jax.tree_util.keystr(p)]
+  assert sorted(tables) == ["['decoder']['relative_bias']['embedding']",
+                            "['encoder']['relative_bias']['embedding']"]
+  assert 'position' not in str(params)  # no absolute positions anywhere
+
+
+def test_unknown_model_field_and_choice_are_errors():
+  with pytest.raises(ValueError, match='unknown model field.*num_layrs'):
+    ModelConfig.from_config({'size': 'bert-tiny', 'num_layrs': 3}, vocab_size=10)
+  with pytest.raises(ValueError, match="model.norm='batch'"):
+    ModelConfig(**{**TINY, 'norm': 'batch'})
+  cfg = ModelConfig.from_config({'size': 't5-small', 'num_layers': 3}, vocab_size=10)
+  assert (cfg.num_layers, cfg.d_model, cfg.arch, cfg.norm) == (3, 512, 'encoder_decoder', 'rms')
+
+
 def count_params(name: str) -> int:
-  cfg = ModelConfig(**presets.architecture(name))
-  model = BertForPretraining(cfg) if name.startswith('bert') else GPT(cfg)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-  return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
+  return models.param_count(ModelConfig(**presets.architecture(name)))
 
 
 @pytest.mark.parametrize('name', [n for n, s in presets.SIZES.items() if s['published_params']])
@@ -157,5 +219,11 @@ def test_parameter_counts_match_published_sizes(name):
   assert count_params(name) == pytest.approx(published, rel=0.025)
 
 
-def test_gpt2_small_count_is_exact():
-  assert count_params('gpt2-124m') == 124_439_808  # the released checkpoint's count
+@pytest.mark.parametrize('name, exact', [
+    ('gpt2-124m', 124_439_808),  # the released checkpoints' counts
+    ('t5-small', 60_506_624), ('t5-base', 222_903_552),
+    ('t5.1.1-small', 76_961_152), ('t5.1.1-base', 247_577_856),
+    # HF's BartForConditionalGeneration counts, less its 2 unused position rows per stack.
+    ('bart-base', 139_420_416 - 4 * 768), ('bart-large', 406_291_456 - 4 * 1024)])
+def test_exact_parameter_counts(name, exact):
+  assert count_params(name) == exact

@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from research import objectives
 from research.data import corpus, pipeline
 from research.data import tokenizer as tokenizer_lib
 
@@ -22,8 +23,30 @@ def _config(objective='mlm_nsp', seed=0, max_seq_len=SEQ_LEN):
                'max_seq_len': max_seq_len, 'seed': seed},
       'objective': {'name': objective, 'mask_prob': 0.15,
                     'mask_token_prob': 0.8, 'random_token_prob': 0.1,
-                    'max_predictions_per_seq': 5, 'short_seq_prob': 0.1},
+                    'max_predictions_per_seq': 5, 'short_seq_prob': 0.1,
+                    'noise_density': 0.15, 'mean_noise_span_length': 3.0,
+                    'num_sentinels': 100, 'noises': 'infilling,permute', 'mask_ratio': 0.3,
+                    'random_ratio': 0.1, 'poisson_lambda': 3.0, 'replace_length': 1,
+                    'insert_ratio': 0.0, 'permute_ratio': 1.0, 'rotate_ratio': 1.0},
   })
+
+
+def _objective(config):
+  return objectives.from_config(config.objective,
+                                'eos' if config.objective.name == 'denoising' else 'pad')
+
+
+def _ds(config, tok, documents, **kw):
+  return pipeline.make_train_dataset(config, _objective(config), tok, documents, **kw)
+
+
+def _eval(config, tok, documents, **kw):
+  return pipeline.make_eval_batches(config, _objective(config), tok, documents, **kw)
+
+
+def _examples(config, tok, documents):
+  return _objective(config).examples(tok, pipeline.tokenize_documents(tok, documents),
+                                     seq_len=config.data.max_seq_len, seed=config.data.seed)
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +88,7 @@ def _unmasked_rows(batch):
 
 @pytest.mark.parametrize('objective', ['mlm_nsp', 'mlm'])
 def test_bert_batch_format(objective, tok, documents):
-  ds = pipeline.make_train_dataset(_config(objective), tok, documents, batch_size=16)
+  ds = _ds(_config(objective), tok, documents, batch_size=16)
   batch = next(iter(ds))
   assert set(batch) == BERT_KEYS
   for key in BERT_KEYS - {'nsp_labels', 'nsp_weights'}:
@@ -99,7 +122,7 @@ def test_bert_batch_format(objective, tok, documents):
 
 
 def test_clm_batch_format(tok, documents):
-  ds = pipeline.make_train_dataset(_config('clm'), tok, documents, batch_size=8)
+  ds = _ds(_config('clm'), tok, documents, batch_size=8)
   batch = next(iter(ds))
   assert set(batch) == CLM_KEYS
   assert batch['input_ids'].shape == batch['targets'].shape == (8, SEQ_LEN)
@@ -109,14 +132,53 @@ def test_clm_batch_format(tok, documents):
   assert (batch['targets'] == tok.eos_id).any()
 
 
+SEQ2SEQ_KEYS = {'input_ids', 'attention_mask', 'decoder_input_ids', 'decoder_mask', 'targets',
+                'weights'}
+
+
+def test_span_corruption_batch_format(tok, documents):
+  """T5: 32 encoder tokens come from random_spans_helper's raw window; every target span
+  starts with a sentinel counting down from the top of the (tokenizer + 100) vocabulary."""
+  batch = next(iter(_ds(_config('span_corruption'), tok, documents, batch_size=8)))
+  assert set(batch) == SEQ2SEQ_KEYS
+  raw, targets_len = _objective(_config('span_corruption')).lengths(SEQ_LEN)
+  assert batch['input_ids'].shape == (8, SEQ_LEN)
+  assert batch['targets'].shape == (8, targets_len)
+  assert (batch['attention_mask'] == 1).all()  # full windows fill the encoder exactly
+  vocab = tok.vocab_size + 100
+  sentinel = batch['targets'] >= tok.vocab_size
+  assert (batch['targets'][:, 0] == vocab - 1).all()  # the first span's sentinel
+  assert ((batch['input_ids'] >= tok.vocab_size).sum(1) == sentinel.sum(1)).all()
+  # Decoder inputs: the pad start token, then the targets shifted right.
+  assert (batch['decoder_input_ids'][:, 0] == tok.pad_id).all()
+  np.testing.assert_array_equal(batch['decoder_input_ids'][:, 1:], batch['targets'][:, :-1])
+  # The targets end with EOS at the last weighted position.
+  last = batch['weights'].sum(1).astype(int) - 1
+  assert (batch['targets'][np.arange(8), last] == tok.eos_id).all()
+
+
+def test_denoising_batch_format(tok, documents):
+  """BART: the target is the clean <s> ... </s> chunk; the source its noised copy (infilled
+  spans, shuffled sentences); the decoder starts from </s>."""
+  batch = next(iter(_ds(_config('denoising'), tok, documents, batch_size=8)))
+  assert set(batch) == SEQ2SEQ_KEYS
+  assert batch['input_ids'].shape == batch['targets'].shape == (8, SEQ_LEN)
+  assert (batch['targets'][:, 0] == tok.bos_id).all()
+  assert (batch['input_ids'][:, 0] == tok.bos_id).all()
+  assert (batch['decoder_input_ids'][:, 0] == tok.eos_id).all()
+  assert (batch['input_ids'] == tok.mask_id).any(axis=1).all()  # every row infilled
+  assert not (batch['targets'] == tok.mask_id).any()
+  assert (batch['attention_mask'].sum(1) < batch['weights'].sum(1)).any()  # spans -> one mask
+
+
 def test_unknown_objective(tok, documents):
   with pytest.raises(ValueError, match='objective'):
-    pipeline.make_train_dataset(_config('span'), tok, documents, batch_size=8)
+    _ds(_config('span'), tok, documents, batch_size=8)
 
 
 @pytest.mark.parametrize('objective', ['mlm_nsp', 'clm'])
 def test_deterministic_given_seed(objective, tok, documents):
-  make = lambda seed: _take(iter(pipeline.make_train_dataset(
+  make = lambda seed: _take(iter(_ds(
       _config(objective, seed=seed), tok, documents, batch_size=8)), 3)
   _assert_batches_equal(make(0), make(0))
   assert not np.array_equal(make(0)[0]['input_ids'], make(1)[0]['input_ids'])
@@ -125,18 +187,18 @@ def test_deterministic_given_seed(objective, tok, documents):
 @pytest.mark.parametrize('objective', ['mlm_nsp', 'clm'])
 def test_resume_gives_the_same_batches(objective, tok, documents):
   config = _config(objective)
-  iterator = iter(pipeline.make_train_dataset(config, tok, documents, batch_size=8))
+  iterator = iter(_ds(config, tok, documents, batch_size=8))
   _take(iterator, 3)
   state = json.loads(json.dumps(iterator.get_state()))  # as saved by orbax JsonSave
   expected = _take(iterator, 2)
-  fresh = iter(pipeline.make_train_dataset(config, tok, documents, batch_size=8))
+  fresh = iter(_ds(config, tok, documents, batch_size=8))
   fresh.set_state(state)
   _assert_batches_equal(_take(fresh, 2), expected)
 
 
 def test_reshuffled_and_remasked_each_epoch(tok, documents):
-  num_examples = len(pipeline.make_examples(_config(), tok, documents))
-  iterator = iter(pipeline.make_train_dataset(_config(), tok, documents, batch_size=1))
+  num_examples = len(_examples(_config(), tok, documents))
+  iterator = iter(_ds(_config(), tok, documents, batch_size=1))
   epochs = [_take(iterator, num_examples) for _ in range(2)]
   rows = [[_unmasked_rows(b)[0] for b in epoch] for epoch in epochs]
   assert sorted(rows[0]) == sorted(rows[1])  # every example once per epoch
@@ -149,9 +211,9 @@ def test_reshuffled_and_remasked_each_epoch(tok, documents):
 
 def test_shards_partition_the_global_stream(tok, documents):
   config = _config()
-  global_batches = _take(iter(pipeline.make_train_dataset(
+  global_batches = _take(iter(_ds(
       config, tok, documents, batch_size=8)), 3)
-  shards = [_take(iter(pipeline.make_train_dataset(
+  shards = [_take(iter(_ds(
       config, tok, documents, batch_size=4, shard_index=i, shard_count=2)), 3)
             for i in range(2)]
   for k, global_batch in enumerate(global_batches):
@@ -161,10 +223,10 @@ def test_shards_partition_the_global_stream(tok, documents):
       for i in range(2):
         np.testing.assert_array_equal(global_batch[key][i::2], shards[i][k][key])
   # Over one epoch the two shards see disjoint examples that cover the corpus.
-  num_examples = len(pipeline.make_examples(config, tok, documents))
+  num_examples = len(_examples(config, tok, documents))
   seen = []
   for i in range(2):
-    it = iter(pipeline.make_train_dataset(config, tok, documents, batch_size=1,
+    it = iter(_ds(config, tok, documents, batch_size=1,
                                           shard_index=i, shard_count=2))
     seen.append({_unmasked_rows(b)[0] for b in _take(it, (num_examples - i + 1) // 2)})
   assert not seen[0] & seen[1]
@@ -174,10 +236,10 @@ def test_shards_partition_the_global_stream(tok, documents):
 @pytest.mark.parametrize('objective', ['mlm_nsp', 'mlm', 'clm'])
 def test_eval_batches(objective, tok, documents):
   config = _config(objective)
-  num_examples = len(pipeline.make_examples(config, tok, documents))
-  batches = pipeline.make_eval_batches(config, tok, documents, batch_size=16,
+  num_examples = len(_examples(config, tok, documents))
+  batches = _eval(config, tok, documents, batch_size=16,
                                        max_batches=1000)
-  _assert_batches_equal(batches, pipeline.make_eval_batches(
+  _assert_batches_equal(batches, _eval(
       config, tok, documents, batch_size=16, max_batches=1000))
   assert len(batches) == -(-num_examples // 16)
   assert set(batches[0]) == (CLM_KEYS if objective == 'clm' else BERT_KEYS)
@@ -196,7 +258,7 @@ def test_eval_batches(objective, tok, documents):
     assert list(first_row) == first_doc[:SEQ_LEN]
   elif objective == 'mlm':
     assert list(first_row[1:SEQ_LEN - 1]) == first_doc[:SEQ_LEN - 2]
-  assert len(pipeline.make_eval_batches(config, tok, documents, batch_size=16,
+  assert len(_eval(config, tok, documents, batch_size=16,
                                         max_batches=2)) == 2
 
 
@@ -208,12 +270,12 @@ def test_austen_end_to_end(tmp_path):
       lambda: (line for doc in train_docs for line in doc), 1000, 'bpe',
       200_000)  # BPE: at small vocabularies it trains ~10x faster than unigram
   start = time.perf_counter()
-  examples = pipeline.make_examples(config, tok, train_docs)
+  examples = _examples(config, tok, train_docs)
   assert time.perf_counter() - start < 10
   # ~1M tokens in ~125-token pairs.
   assert 6000 < len(examples) < 12000
   assert abs(np.mean([e['nsp_labels'] for e in examples]) - 0.5) < 0.03
-  batch = next(iter(pipeline.make_train_dataset(config, tok, train_docs, batch_size=4)))
+  batch = next(iter(_ds(config, tok, train_docs, batch_size=4)))
   assert batch['input_ids'].shape == (4, 128)
   baseline = pipeline.unigram_baseline(tok, train_docs, eval_docs)
   assert 1 < baseline['unigram_perplexity'] < 1000

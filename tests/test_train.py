@@ -1,5 +1,6 @@
 """The training loop end to end: CLI runs, overfitting, exact resume, bad input."""
 import functools
+import importlib.util
 import json
 import os
 import pathlib
@@ -15,7 +16,8 @@ import pytest
 from ml_collections import config_flags  # noqa: F401  (configs are plain modules)
 
 from configs import bert as bert_config, gpt as gpt_config
-from research import checkpointing, optim, sharding, state as state_lib, steps, train
+from research import (checkpointing, models, objectives, optim, sharding, state as state_lib,
+                      steps, train)
 from research.models import presets
 from research.models.config import ModelConfig
 from tests.conftest import REPO, run_main, tiny_overrides
@@ -59,39 +61,89 @@ def test_two_step_cli_run(config_arg, small_corpus, tmp_path):
   assert 'jax' in json.dumps(info)
 
 
-@pytest.mark.parametrize('module', [bert_config, gpt_config])
-@pytest.mark.parametrize('variant', ['tiny', 'mini', 'base'])
-def test_every_config_builds_under_eval_shape(module, variant):
-  if module is gpt_config and variant == 'base':
-    variant = 'gpt2-124m'
-  config = module.get_config(f'variant={variant}')
-  objective = steps.Objective(config.objective.name)
+def every_config():
+  """(file, arg) of every config file and its variants / stages (README, repro recipes)."""
+  variants = {'bert': ['variant=tiny', 'variant=mini', 'variant=base', 'nsp=0'],
+              'gpt': ['variant=tiny', 'variant=gpt2-124m', 'variant=gpt3-175b'],
+              't5': ['variant=tiny', 'variant=small', 'variant=1.1-base'],
+              'bart': ['variant=tiny', 'variant=base', 'noise=masking,rotate'],
+              'finetune': ['task=sentiment', 'task=paraphrase', 'task=tagging',
+                           'task=modernize']}
+  out = [(f'configs/{name}.py', arg) for name, args in variants.items() for arg in args]
+  for path in sorted((REPO / 'configs' / 'repro').glob('*.py')):
+    if path.name != '__init__.py':
+      out += [(f'configs/repro/{path.name}', 'stage=pretrain'),
+              (f'configs/repro/{path.name}', 'stage=finetune,pretrained=/p')]
+  return out
+
+
+@pytest.mark.parametrize('path,arg', every_config())
+def test_every_config_builds_under_eval_shape(path, arg):
+  """Each config resolves to a ModelConfig whose model initialises (shapes only), and its
+  objective (if it pretrains) trains that arch."""
+  spec = importlib.util.spec_from_file_location('config_under_test', REPO / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
   model_cfg = ModelConfig.from_config(config.model, vocab_size=config.data.tokenizer.vocab_size)
-  model = steps.build_model(objective, model_cfg)
-  shapes = jax.eval_shape(functools.partial(steps.init_params, model, objective,
-                                            config.data.max_seq_len), jax.random.key(0))
-  assert jax.tree.leaves(shapes)
+  if 'task' not in config:
+    objectives.from_config(config.objective, model_cfg.decoder_start).check_arch(model_cfg.arch)
+  shapes = models.abstract_params(model_cfg)
+  assert models.param_count(model_cfg) == sum(x.size for x in jax.tree.leaves(shapes)) > 0
+
+
+def test_size_override_selects_the_preset():
+  """--config.model.size=NAME picks that preset; a field given too still wins over it."""
+  config = gpt_config.get_config('variant=tiny').unlock()
+  config.model.size = 'gpt2-355m'
+  cfg = ModelConfig.from_config(config.model, vocab_size=100)
+  assert (cfg.num_layers, cfg.d_model, cfg.num_heads) == (24, 1024, 16)
+  config.model.num_layers = 3
+  assert ModelConfig.from_config(config.model, vocab_size=100).num_layers == 3
+
+
+def test_size_override_on_the_command_line(small_corpus, tmp_path):
+  result = run_main('--config=configs/gpt.py:variant=tiny', f'--workdir={tmp_path}',
+                    *tiny_overrides(small_corpus, steps=1), '--config.model.size=gpt-mini',
+                    '--config.model.num_heads=2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  model = json.loads((tmp_path / 'model.json').read_text())
+  assert (model['num_layers'], model['d_model'], model['num_heads']) == (4, 256, 2)
 
 
 def tiny_setup(objective_name='clm', mesh=None, accum=1, lr=3e-3, tx=None):
-  objective = steps.Objective(objective_name, max_predictions=4)
+  objective = (objectives.CausalLM() if objective_name == 'clm'
+               else objectives.MaskedLM(nsp=False, max_predictions=4))
   cfg = ModelConfig(**{**presets.architecture('gpt-tiny' if objective_name == 'clm' else 'bert-tiny'),
                        'vocab_size': 64, 'max_len': 16, 'd_model': 32, 'num_heads': 4,
                        'd_ff': 64, 'dropout': 0.0, 'attention_dropout': 0.0})
-  model = steps.build_model(objective, cfg)
+  model = models.build(cfg)
   optim_cfg = ml_collections.ConfigDict(dict(
       learning_rate=lr, warmup_steps=0, schedule='constant', end_lr_fraction=1.0,
       weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, clip_norm=0.0))
   tx = tx or optim.make_optimizer(optim_cfg, 100)
   mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
   abstract, init = state_lib.sharded_init(
-      functools.partial(steps.init_params, model, objective, 16), tx, 0, mesh)
+      functools.partial(models.init_params, model, length=16), tx, 0, mesh)
   shardings = state_lib.shardings_of(abstract)
   step = jax.jit(functools.partial(steps.train_step, model=model, objective=objective, tx=tx,
                                    grad_accum_steps=accum),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, None))
   return init, step, mesh
+
+
+def mlm_batch(seed=0, batch=8):
+  """Rows with uneven numbers of predicted positions (1 to 4): a mean of per-micro-batch
+  means would differ from the whole batch's mean."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(7, 64, (batch, 16)).astype(np.int32)
+  weights = np.zeros((batch, 16), np.float32)
+  for row in range(batch):
+    weights[row, rng.choice(16, size=1 + row % 4, replace=False)] = 1.0
+  return {'input_ids': ids, 'segment_ids': np.zeros_like(ids),
+          'attention_mask': np.ones_like(ids), 'mlm_targets': rng.integers(7, 64, ids.shape),
+          'mlm_weights': weights}
 
 
 def clm_batch(seed=0, batch=8):
@@ -113,10 +165,11 @@ def test_overfits_one_batch():
 
 def test_gradient_accumulation_equals_full_batch():
   # Plain SGD: the update is the gradient itself (Adam's first step would hide differences
-  # by normalising each coordinate).
-  init, step1, mesh = tiny_setup(accum=1, tx=optax.sgd(1.0))
-  _, step4, _ = tiny_setup(accum=4, tx=optax.sgd(1.0))
-  batch = sharding.global_batch(clm_batch(), mesh)
+  # by normalising each coordinate). MLM weights differ per row (mlm_batch), so averaging
+  # per micro-batch instead of normalising by the whole batch's weight would fail.
+  init, step1, mesh = tiny_setup('mlm', accum=1, tx=optax.sgd(1.0))
+  _, step4, _ = tiny_setup('mlm', accum=4, tx=optax.sgd(1.0))
+  batch = sharding.global_batch(mlm_batch(), mesh)
   a, ma = step1(init(), batch)
   b, mb = step4(init(), batch)
   np.testing.assert_allclose(float(ma['loss']), float(mb['loss']), rtol=1e-6)
@@ -266,3 +319,28 @@ def test_two_processes_form_one_mesh_and_match_one_process(small_corpus, tmp_pat
   assert multi0.keys() == one.keys()
   for key in one:
     assert float(multi0[key]) == pytest.approx(float(one[key]), rel=1e-4), key
+
+
+@pytest.mark.parametrize('args,fragments', [
+    (('--config=configs/bart.py:variant=tiny,noise=infilling,shuffle',),
+     ('unknown BART noise', 'shuffle', 'permute')),
+    (('--config=configs/t5.py:variant=tiny', '--config.data.max_seq_len=600'),
+     ('600', 'configured maximum of 512', 'max_len')),
+    (('--config=configs/t5.py:variant=tiny', '--config.objective.name=clm'),
+     ("objective 'clm'", 'decoder', 'encoder_decoder')),
+    (('--config=configs/finetune.py:task=modernize', '--config.task.source_column=old'),
+     ("no column 'old'", 'source')),
+])
+def test_seq2seq_bad_input_is_one_line_error(small_corpus, tmp_path, args, fragments):
+  result = run_main(*args, f'--workdir={tmp_path}/w', f'--config.data.corpus={small_corpus}')
+  assert_one_line_error(result, *fragments)
+
+
+def test_decoder_workdir_given_a_seq2seq_config_is_one_line_error(small_corpus, tmp_path):
+  assert run_main('--config=configs/gpt.py:variant=tiny', f'--workdir={tmp_path}',
+                  *tiny_overrides(small_corpus, steps=1)).returncode == 0
+  before = sorted(str(p) for p in (tmp_path / 'checkpoints').rglob('*'))
+  result = run_main('--config=configs/t5.py:variant=tiny', f'--workdir={tmp_path}',
+                    *tiny_overrides(small_corpus, steps=1))
+  assert_one_line_error(result, "arch='decoder'", "'encoder_decoder'", 'fresh --workdir')
+  assert sorted(str(p) for p in (tmp_path / 'checkpoints').rglob('*')) == before

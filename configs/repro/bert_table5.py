@@ -83,7 +83,8 @@ def _pretrain_config(args: dict, variant: dict):
   c = base.get_config()
   # One architecture for all three: BERT's (post-LN, segment embeddings); the decoder is the
   # same stack run with a causal mask.
-  base.apply_size(c, f"bert-{variant['size']}")
+  c.model.size = f"bert-{variant['size']}"
+  c.model.arch = 'decoder' if objective == 'clm' else 'encoder'
   c.objective.name = objective
   c.data.corpus = args['corpus']
   c.data.max_seq_len = 128
@@ -112,12 +113,11 @@ def _finetune_config(args: dict, variant: dict):
     c.finetune.init_from = f'{pretrained}/objective={objective}'
   else:  # random weights, but the same tokenizer as the pretrained models
     c.data.tokenizer.path = f'{pretrained}/objective=mlm_nsp/tokenizer.model'
-    c.finetune.family = 'encoder'
   # Table 5 reports dev sets: read train and dev only (no time spent scoring test).
   c.task.train = f'{c.task.data_dir}/train.{SPLIT_SUFFIX[task]}'
   c.task.dev = f'{c.task.data_dir}/dev.{SPLIT_SUFFIX[task]}'
   c.task.data_dir = ''
-  c.finetune.bilstm_size = c.model.d_model // 2 if bilstm else 0
+  c.finetune.bilstm_size = base.model_field(c, 'd_model') // 2 if bilstm else 0
   c.finetune.lm_loss_weight = 0.0  # Table 5 fine-tunes every model alike: task loss only
   steps = args['finetune_steps'] or variant['finetune_steps']
   if steps:

@@ -28,7 +28,7 @@ from absl import app, flags
 from research import generate
 from research.models import presets
 from research.models.config import ModelConfig
-from research.models.decoder import GPT
+from research.models.decoder import Decoder
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes to time.')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens per row.')
@@ -54,7 +54,7 @@ def main(argv):
   del argv
   cfg = ModelConfig(**{**presets.architecture(_SIZE.value), 'dropout': 0.0,
                        'attention_dropout': 0.0})
-  model = GPT(cfg)
+  model = Decoder(cfg)
   params = jax.jit(lambda: nn.meta.unbox(
       model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']))()
   rng = np.random.default_rng(0)

@@ -1,13 +1,14 @@
 """Training throughput (tokens/s) and MFU of the real jitted train step on synthetic batches.
 
   python -m research.benchmarks.train_throughput [--steps=20] [--shapes=tiny,small]
+      [--models=bert,gpt,t5,bart]
 
-MFU = model FLOPs/s (research/flops.py) / this machine's measured peak matmul FLOP/s, so the
-figure is comparable across machines. Shapes follow the issue's reference points:
-  tiny:  2 layers, d 128, vocab 8k,  batch 32 x 128 (bert-tiny / gpt-tiny)
-  small: 4 layers, d 256, vocab 16k, batch 16 x 128 (bert-mini / gpt-mini)
-References on a 2-core CPU (issue 2): HF Flax / PyTorch training steps reach ~31% MFU at tiny
-and 36-47% at small.
+MFU = model FLOPs/s (research/flops.py `model_flops`) / this machine's measured peak matmul
+FLOP/s, so the figure is comparable across machines. Shapes (one per model family):
+  tiny:  2 layers (per stack), d 128, vocab 8k,  batch 32 x 128 (bert-tiny, gpt-tiny, t5-tiny, bart-tiny)
+  small: 4 layers (per stack), d 256, vocab 16k, batch 16 x 128 (bert-mini, gpt-mini, t5-mini, bart-mini)
+T5 reads 128 source tokens and writes the 29-token span-corruption target; BART reads and
+writes 128. Tokens/s counts source + target tokens for encoder-decoders.
 """
 from __future__ import annotations
 
@@ -20,54 +21,71 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from research import flops, optim, sharding, state as state_lib, steps, train
+from research import flops, models, objectives, optim, sharding, state as state_lib, steps, train
 from research.models import presets
 from research.models.config import ModelConfig
+from research.objectives import seq2seq
 
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per shape (after 2 warm-up steps).')
 _SHAPES = flags.DEFINE_list('shapes', ['tiny', 'small'], 'Shapes to time.')
+_MODELS = flags.DEFINE_list('models', ['bert', 'gpt', 't5', 'bart'], 'Model families to time.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
 
-SHAPES = {  # name: (bert size, gpt size, vocab, batch, seq_len)
-    'tiny': ('bert-tiny', 'gpt-tiny', 8000, 32, 128),
-    'small': ('bert-mini', 'gpt-mini', 16000, 16, 128),
+SHAPES = {  # name: (preset suffix, vocab, batch, seq_len)
+    'tiny': ('tiny', 8000, 32, 128),
+    'small': ('mini', 16000, 16, 128),
+}
+FAMILIES = {  # family: (preset prefix, objective)
+    'bert': ('bert', objectives.MaskedLM()),
+    'gpt': ('gpt', objectives.CausalLM()),
+    't5': ('t5', objectives.SpanCorruption()),
+    'bart': ('bart', objectives.Denoising()),
 }
 
 
-def synthetic_batch(objective: steps.Objective, batch: int, seq_len: int, vocab: int,
+def synthetic_batch(objective, batch: int, seq_len: int, vocab: int,
                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Random token ids in the layout each objective's pipeline produces (full rows)."""
   ids = rng.integers(7, vocab, (batch, seq_len), dtype=np.int32)
-  if not objective.is_encoder:
+  if isinstance(objective, objectives.CausalLM):
     return {'input_ids': ids, 'targets': np.roll(ids, -1, 1),
             'weights': np.ones((batch, seq_len), np.float32)}
-  mlm_weights = np.zeros((batch, seq_len), np.float32)
-  for row in mlm_weights:
-    row[rng.choice(seq_len, objective.max_predictions, replace=False)] = 1
-  return {'input_ids': ids, 'segment_ids': (np.arange(seq_len) >= seq_len // 2)[None].repeat(batch, 0).astype(np.int32),
-          'attention_mask': np.ones((batch, seq_len), np.int32), 'mlm_targets': ids,
-          'mlm_weights': mlm_weights, 'nsp_labels': rng.integers(0, 2, batch, dtype=np.int32),
-          'nsp_weights': np.ones(batch, np.float32)}
+  if isinstance(objective, objectives.MaskedLM):
+    mlm_weights = np.zeros((batch, seq_len), np.float32)
+    for row in mlm_weights:
+      row[rng.choice(seq_len, objective.max_predictions, replace=False)] = 1
+    segments = (np.arange(seq_len) >= seq_len // 2)[None].repeat(batch, 0).astype(np.int32)
+    return {'input_ids': ids, 'segment_ids': segments,
+            'attention_mask': np.ones((batch, seq_len), np.int32), 'mlm_targets': ids,
+            'mlm_weights': mlm_weights, 'nsp_labels': rng.integers(0, 2, batch, dtype=np.int32),
+            'nsp_weights': np.ones(batch, np.float32)}
+  target_len = (objective.lengths(seq_len)[1] if isinstance(objective, objectives.SpanCorruption)
+                else seq_len)
+  targets = rng.integers(7, vocab, (batch, target_len), dtype=np.int32)
+  return {'input_ids': ids, 'attention_mask': np.ones((batch, seq_len), np.int32),
+          'decoder_input_ids': seq2seq.shift_right(targets, 0),
+          'decoder_mask': np.ones((batch, target_len), np.int32), 'targets': targets,
+          'weights': np.ones((batch, target_len), np.float32)}
 
 
-def time_train_step(size: str, objective_name: str, vocab: int, batch: int, seq_len: int,
+def time_train_step(size: str, objective, vocab: int, batch: int, seq_len: int,
                     num_steps: int, dtype: str) -> dict[str, float]:
-  objective = steps.Objective(objective_name)
   model_cfg = ModelConfig(**{**presets.architecture(size), 'vocab_size': vocab, 'dtype': dtype})
-  model = steps.build_model(objective, model_cfg)
+  model = models.build(model_cfg)
   optim_cfg = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=10, schedule='linear', end_lr_fraction=0.0,
       weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
   tx = optim.make_optimizer(optim_cfg, 1000)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
   abstract, init = state_lib.sharded_init(
-      functools.partial(steps.init_params, model, objective, seq_len), tx, 0, mesh)
+      functools.partial(models.init_params, model, length=seq_len), tx, 0, mesh)
   shardings = state_lib.shardings_of(abstract)
   step_fn = jax.jit(functools.partial(steps.train_step, model=model, objective=objective, tx=tx),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=0)
   rng = np.random.default_rng(0)
-  batches = [sharding.global_batch(synthetic_batch(objective, batch, seq_len, vocab, rng), mesh)
-             for _ in range(4)]
+  host_batches = [synthetic_batch(objective, batch, seq_len, vocab, rng) for _ in range(4)]
+  batches = [sharding.global_batch(b, mesh) for b in host_batches]
   state = init()
   for i in range(2):  # compile + warm-up
     state, metrics = step_fn(state, batches[i % 4])
@@ -77,23 +95,26 @@ def time_train_step(size: str, objective_name: str, vocab: int, batch: int, seq_
     state, metrics = step_fn(state, batches[i % 4])
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / num_steps
-  step_flops = train.flops_per_step(model_cfg, objective, batch, seq_len)
+  lengths = train.example_lengths(host_batches[0])
+  step_flops = train.flops_per_step(model_cfg, objective, batch, lengths)
   peak = flops.peak_flops(jnp.dtype(dtype))
-  return {'tokens_per_sec': batch * seq_len / step_time, 'step_ms': 1e3 * step_time,
+  return {'tokens_per_sec': batch * sum(lengths) / step_time, 'step_ms': 1e3 * step_time,
           'mfu': flops.mfu(step_flops, step_time, peak, jax.device_count()), 'peak': peak}
 
 
 def main(argv):
   del argv
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}, dtype {_DTYPE.value}')
-  print(f"{'shape':6s} {'model':10s} {'objective':9s} {'batch':>8s} {'ms/step':>8s} "
+  print(f"{'shape':6s} {'model':10s} {'objective':16s} {'batch':>8s} {'ms/step':>8s} "
         f"{'tokens/s':>9s} {'MFU':>6s}")
   for shape in _SHAPES.value:
-    bert_size, gpt_size, vocab, batch, seq_len = SHAPES[shape]
-    for size, objective in ((bert_size, 'mlm_nsp'), (gpt_size, 'clm')):
+    suffix, vocab, batch, seq_len = SHAPES[shape]
+    for family in _MODELS.value:
+      prefix, objective = FAMILIES[family]
+      size = f'{prefix}-{suffix}'
       r = time_train_step(size, objective, vocab, batch, seq_len, _STEPS.value, _DTYPE.value)
-      print(f'{shape:6s} {size:10s} {objective:9s} {batch:>4d}x{seq_len:<3d} {r["step_ms"]:8.1f} '
-            f'{r["tokens_per_sec"]:9.0f} {100 * r["mfu"]:5.1f}%', flush=True)
+      print(f'{shape:6s} {size:10s} {objective.name:16s} {batch:>4d}x{seq_len:<3d} '
+            f'{r["step_ms"]:8.1f} {r["tokens_per_sec"]:9.0f} {100 * r["mfu"]:5.1f}%', flush=True)
   print(f'peak (measured matmul): {r["peak"] / 1e9:.0f} GFLOP/s')
 
 

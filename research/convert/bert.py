@@ -1,4 +1,4 @@
-"""BERT checkpoints in Hugging Face format <-> `BertForPretraining` params.
+"""BERT checkpoints in Hugging Face format <-> `EncoderLM` params.
 
   imported = bert.load('path/to/bert')        # config.json, model.safetensors, vocab.txt
   bert.save('out/', imported.cfg, imported.params, imported.tokenizer)
@@ -22,7 +22,7 @@ from research.convert import hf_checkpoint as hf
 from research.convert.hf_tokenizer import HFTokenizer
 from research.models import presets
 from research.models.config import ModelConfig
-from research.models.encoder import BertForPretraining
+from research.models.encoder import EncoderLM
 
 ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
                'relu': 'relu'}
@@ -120,7 +120,7 @@ def load(directory: str, seed: int = 0) -> hf.Imported:
       decoder, weights.get(f'{prefix}embeddings.word_embeddings.weight')):
     raise hf.ConversionError(f'{directory}: cls.predictions.decoder.weight differs from the word '
                              'embeddings; only BERT with the MLM decoder tied to them is supported')
-  init = lambda: nn.meta.unbox(BertForPretraining(cfg).init(
+  init = lambda: nn.meta.unbox(EncoderLM(cfg).init(
       jax.random.key(seed), jnp.zeros((1, 2), jnp.int32))['params'])
   params, absent = hf.apply_rules(weights, rules(cfg, prefix), jax.eval_shape(init), directory)
   missing = [p for p in absent if not p.startswith(HEADS)]

@@ -1,4 +1,4 @@
-"""GPT-2 checkpoints in Hugging Face format <-> `GPT` params.
+"""GPT-2 checkpoints in Hugging Face format <-> `Decoder` (GPT) params.
 
   imported = gpt2.load('path/to/gpt2')  # config.json, model.safetensors, vocab.json, merges.txt
   gpt2.save('out/', imported.cfg, imported.params, imported.tokenizer)
@@ -19,7 +19,7 @@ from research.convert import hf_checkpoint as hf
 from research.convert.hf_tokenizer import HFTokenizer
 from research.models import presets
 from research.models.config import ModelConfig
-from research.models.decoder import GPT
+from research.models.decoder import Decoder
 
 ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu',
                'relu': 'relu'}
@@ -102,7 +102,7 @@ def load(directory: str) -> hf.Imported:
   if head is not None and not np.array_equal(head, weights.get(f'{prefix}wte.weight')):
     raise hf.ConversionError(f'{directory}: lm_head.weight differs from wte.weight; only GPT-2 '
                              'with the LM head tied to the token embeddings is supported')
-  model = GPT(cfg)
+  model = Decoder(cfg)
   template = jax.eval_shape(lambda: nn.meta.unbox(
       model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))['params']))
   params, absent = hf.apply_rules(weights, rules(cfg, prefix), template, directory)

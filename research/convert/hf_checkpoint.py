@@ -68,14 +68,6 @@ class Imported:
   tokenizer: Any  # research.convert.hf_tokenizer.HFTokenizer
   initialized: tuple[str, ...] = ()  # our parameters the checkpoint lacks (fresh initialisation)
 
-  @property
-  def family(self) -> str:
-    return 'encoder' if self.cfg.type_vocab_size else 'decoder'
-
-  @property
-  def backbone(self) -> dict:
-    """What fine-tuning starts from: BERT's `encoder` subtree (no pretraining heads) or GPT."""
-    return self.params['encoder'] if self.family == 'encoder' else self.params
 
 
 def read_config(directory: str) -> dict:

@@ -22,6 +22,7 @@ from research.convert.hf_checkpoint import ConversionError
 
 TOKENIZER_FILE = 'tokenizer.json'
 TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
+SPECIALS_FILE = 'special_tokens.json'  # which token is pad/unk/bos/eos/cls/sep/mask (ours)
 BERT_SPECIALS = dict(pad='[PAD]', unk='[UNK]', cls='[CLS]', sep='[SEP]', mask='[MASK]')
 GPT2_END_OF_TEXT = '<|endoftext|>'
 
@@ -90,10 +91,21 @@ class HFTokenizer:
 
   def save(self, directory: str):
     """Writes the vocabulary in its original layout (vocab.txt, or vocab.json + merges.txt)
-    plus tokenizer.json, which `transformers` reads directly."""
+    plus tokenizer.json, which `transformers` reads directly, and which token plays which
+    special role (`load_saved` reads it back)."""
     os.makedirs(directory, exist_ok=True)
     self._tok.model.save(directory)
     self._tok.save(os.path.join(directory, TOKENIZER_FILE))
+    with open(os.path.join(directory, SPECIALS_FILE), 'w', encoding='utf-8') as f:
+      json.dump(self._specials, f, indent=2, sort_keys=True)
+
+  @classmethod
+  def load_saved(cls, directory: str) -> 'HFTokenizer':
+    """A tokenizer `save` wrote (e.g. an imported vocabulary kept in a workdir)."""
+    with open(os.path.join(directory, SPECIALS_FILE), encoding='utf-8') as f:
+      specials = json.load(f)
+    return cls(tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER_FILE)),
+               **specials)
 
   @property
   def vocab_size(self) -> int:

@@ -84,9 +84,11 @@ class Tokenizer:
     return self._sp.encode(list(texts), out_type=int)
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Text of `ids`, skipping pad/BOS/EOS/[CLS]/[SEP]/[MASK]."""
+    """Text of `ids`, skipping pad/BOS/EOS/[CLS]/[SEP]/[MASK] and ids above the vocabulary
+    (T5's sentinels, which a model reserves beyond the tokenizer's pieces)."""
+    size = self.vocab_size
     return self._sp.decode(
-        [int(i) for i in ids if int(i) not in self._skip_ids])
+        [int(i) for i in ids if int(i) not in self._skip_ids and int(i) < size])
 
   def id_to_piece(self, token_id: int) -> str:
     return self._sp.id_to_piece(int(token_id))

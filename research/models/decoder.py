@@ -1,9 +1,10 @@
-"""GPT (Radford et al. 2018, 2019; Brown et al. 2020): embeddings -> causal Stack -> tied LM head.
+"""arch='decoder': GPT (Radford et al. 2018, 2019; Brown et al. 2020) embeddings -> causal
+Stack -> LM head; with a `prefix_len`, T5's prefix LM (Raffel et al. 2020, Sec 3.2.1).
 
 GPT-1 is post-LN without a final LayerNorm; GPT-2/3 are pre-LN with a final LayerNorm and
 scaled residual init; GPT-3 alternates dense and locally banded layers (`local_window`).
 The same module serves training (full sequences) and incremental decoding with a KV cache:
-`init_cache` allocates it, and each call writes its keys/values at `cache_index`.
+`init_cache` allocates it, `prefill` runs the prompts into it, `decode_step` adds one token.
 """
 from __future__ import annotations
 
@@ -12,49 +13,53 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import init_kv_cache, make_mask
+from research.models import masks
+from research.models.attention import init_kv_cache
 from research.models.config import ModelConfig
+from research.models.heads import LmHead
 from research.models.layers import Embeddings
 from research.models.transformer import Stack
 
 
 @flax.struct.dataclass
 class DecoderOutput:
-  logits: jax.Array  # [batch, length, vocab]
+  logits: jax.Array | None  # [batch, length, vocab]
   hidden: jax.Array  # [batch, length, d_model]
   hidden_states: tuple | None = None
   attentions: tuple | None = None
   cache: dict | None = None
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
-  """A KV cache of `length` slots: per-layer keys/values and which slots hold real tokens."""
-  cfg.check_length(length)
-  return {'layers': [init_kv_cache(batch, length, cfg) for _ in range(cfg.num_layers)],
-          'key_valid': jnp.zeros((batch, length), bool)}
+def causal_masks(cfg: ModelConfig, query_slots, key_slots, key_valid, prefix_len=None):
+  """(dense, local) masks of a causal stack: GPT-3's odd layers get the banded one."""
+  mask = lambda window: masks.attention_mask(query_slots, key_slots, key_valid, kind='causal',
+                                             prefix_len=prefix_len, window=window)
+  return mask(0), (mask(cfg.local_window) if cfg.local_window else None)
 
 
-class GPT(nn.Module):
+class Decoder(nn.Module):
   cfg: ModelConfig
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
-    self.stack = Stack(self.cfg)
+    self.stack = Stack(self.cfg, self.cfg.num_layers, causal=True)
+    self.lm_head = LmHead(self.cfg)
 
-  def __call__(self, input_ids, attention_mask=None, positions=None, *,
+  def __call__(self, input_ids, attention_mask=None, positions=None, *, prefix_len=None,
                deterministic: bool = True, cache: dict | None = None,
-               cache_index: jax.Array | int = 0,
-               return_intermediates: bool = False) -> DecoderOutput:
+               cache_index: jax.Array | int = 0, return_intermediates: bool = False,
+               logits: bool = True) -> DecoderOutput:
     """input_ids: [batch, length]. attention_mask: [batch, length], 0 marks (left) padding.
     positions: [batch, length] position ids (default: slot index); with left-padded prompts
     pass cumsum(attention_mask) - 1 so each row's first real token sits at position 0.
+    prefix_len [batch]: slots before it are read bidirectionally (prefix LM).
     With `cache` (from `init_cache`), the tokens occupy slots cache_index .. cache_index+length
     and attend to every earlier valid slot; the updated cache is returned."""
     cfg = self.cfg
     batch, length = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((batch, length), bool)
-    query_slots = cache_index + jnp.arange(length)
+    query_slots = cache_index + jnp.arange(length)[None]  # [1, length]
     if positions is None:
       positions = jnp.broadcast_to(query_slots, (batch, length))
 
@@ -64,16 +69,43 @@ class GPT(nn.Module):
     else:
       key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], attention_mask.astype(bool),
                                                (0, cache_index))
-      key_slots = jnp.arange(key_valid.shape[1])
+      key_slots = jnp.arange(key_valid.shape[1])[None]
       layer_caches = cache['layers']
-    dense = make_mask(query_slots, key_slots, key_valid, causal=True)  # [batch, 1, q_len, k_len]
-    local = (make_mask(query_slots, key_slots, key_valid, causal=True, window=cfg.local_window)
-             if cfg.local_window else None)
-
     x = self.embeddings(input_ids, positions, deterministic=deterministic)
-    out = self.stack(x, (dense, local), deterministic=deterministic, cache=layer_caches,
-                     cache_index=cache_index, return_intermediates=return_intermediates)
-    logits = self.embeddings.attend(out.hidden)  # tied LM head (GPT-1 Eq. 2)
+    out = self.stack(x, causal_masks(cfg, query_slots, key_slots, key_valid, prefix_len),
+                     positions=(query_slots, key_slots), deterministic=deterministic,
+                     cache=layer_caches, cache_index=cache_index,
+                     return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}
-    return DecoderOutput(logits=logits, hidden=out.hidden, hidden_states=out.hidden_states,
+    return DecoderOutput(logits=self.lm_head(out.hidden, self.embeddings) if logits else None,
+                         hidden=out.hidden, hidden_states=out.hidden_states,
                          attentions=out.attentions, cache=new_cache)
+
+  def init_cache(self, batch: int, length: int) -> dict:
+    """A KV cache of `length` slots: per-layer keys/values and which slots hold real tokens."""
+    self.cfg.check_length(length)
+    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
+                       for _ in range(self.cfg.num_layers)],
+            'key_valid': jnp.zeros((batch, length), bool)}
+
+  def prefill(self, ids, mask, cache_len: int, bidirectional_prompt: bool = False):
+    """Runs left-padded prompts ids, mask [batch, prompt] into a fresh cache of cache_len slots.
+
+    Returns (logits of the last slot [batch, vocab] float32, cache, lengths [batch]): a row's
+    next token takes position `lengths` (its own count, not the slot) and slot `prompt`. Only
+    the last slot is projected onto the vocabulary. `bidirectional_prompt`: the prompt reads
+    itself as a prefix LM's prefix does.
+    """
+    batch, prompt_len = ids.shape
+    positions = jnp.maximum(jnp.cumsum(mask, -1) - 1, 0)  # [batch, prompt]: first real token at 0
+    prefix_len = jnp.full((batch,), prompt_len) if bidirectional_prompt else None
+    out = self(ids, mask, positions, prefix_len=prefix_len,
+               cache=self.init_cache(batch, cache_len), cache_index=0, logits=False)
+    logits = self.lm_head(out.hidden[:, -1], self.embeddings)  # [batch, vocab]
+    return logits.astype(jnp.float32), out.cache, mask.sum(-1)
+
+  def decode_step(self, tokens, positions, cache, slot):
+    """One new token per row at cache slot `slot`: tokens, positions [batch] -> logits
+    [batch, vocab] float32 and the updated cache."""
+    out = self(tokens[:, None], None, positions[:, None], cache=cache, cache_index=slot)
+    return out.logits[:, 0].astype(jnp.float32), out.cache

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import ACTIVATIONS, dense_init, layer_norm
+from research.models.layers import ACTIVATIONS, dense_init, norm
 
 
 class Pooler(nn.Module):
@@ -34,7 +34,7 @@ class MlmHead(nn.Module):
     h = nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name='transform',
                  kernel_init=dense_init(cfg.init_std, ('embed', 'mlp')),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(hidden)
-    h = layer_norm(cfg, 'norm')(ACTIVATIONS[cfg.activation](h))
+    h = norm(cfg, "norm")(ACTIVATIONS[cfg.activation](h))
     bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                       (cfg.vocab_size,))
     return decode(h) + bias  # [..., vocab]
@@ -49,3 +49,24 @@ class ClassifierHead(nn.Module):
   def __call__(self, x):
     return nn.Dense(self.num_classes, dtype=self.cfg.compute_dtype, name='dense',
                     kernel_init=dense_init(self.cfg.init_std, ('embed', None)))(x)
+
+
+class LmHead(nn.Module):
+  """Next-token logits from hidden states [..., d_model] -> [..., vocab].
+
+  Tied (GPT-1 Eq. 2, Press & Wolf 2017; BART, T5 v1.0): the token embedding matrix, which T5
+  reads with the hidden state rescaled by d_model**-0.5 (Mesh TensorFlow); untied (T5.1.1):
+  a kernel of its own.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, hidden, embeddings: nn.Module):
+    cfg = self.cfg
+    if cfg.tie_output:
+      if cfg.scale_tied_output:
+        hidden = hidden * cfg.d_model ** -0.5
+      return embeddings.attend(hidden)
+    kernel = self.param('kernel', dense_init(cfg.init_std, ('embed', 'vocab')),
+                        (cfg.d_model, cfg.vocab_size))
+    return jnp.einsum('...d,dv->...v', hidden, kernel.astype(cfg.compute_dtype))

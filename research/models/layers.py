@@ -1,4 +1,4 @@
-"""Embeddings, LayerNorm and the position-wise MLP shared by every model family.
+"""Embeddings, norms, the position-wise MLP and T5's relative position bias, for every family.
 
 Every parameter carries logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv') that
 `research/sharding.py` maps onto mesh axes; the modules themselves never see a mesh.
@@ -10,49 +10,75 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
+from research.models.masks import relative_position_bucket
 
 ACTIVATIONS = {
-    'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # BERT (Hendrycks & Gimpel 2016)
-    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # GPT-1/2's tanh approximation
-    'relu': jax.nn.relu,
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # BERT, BART (Hendrycks & Gimpel 2016)
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # GPT-1/2, T5.1.1's gated-gelu
+    'relu': jax.nn.relu,  # T5 v1.0
 }
 
 
-def dense_init(std: float, names: tuple[str, ...]):
+def dense_init(std: float, names: tuple[str | None, ...]):
   """N(0, std^2) weights (`initializer_range` 0.02 in BERT/GPT-2; BERT truncates at 2 std, immaterial here)."""
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
 
-def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+def zeros_init(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros, names)
+
+
+def norm(cfg: ModelConfig, name: str) -> nn.Module:
+  """LayerNorm (Ba et al. 2016; BERT, GPT, BART) or RMSNorm (Zhang & Sennrich 2019; T5, whose
+  "simplified layer normalization" only rescales, Raffel et al. 2020 Sec 2.1)."""
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+  if cfg.norm == 'rms':
+    return nn.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name,
+                      scale_init=scale_init)
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name,
+                      scale_init=scale_init, bias_init=zeros_init(('embed',)))
+
+
+def token_embedding(cfg: ModelConfig, name: str | None = None) -> nn.Embed:
+  """The [vocab, d_model] table; `attend` with it is the tied output projection."""
+  return nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, name=name,
+                  embedding_init=dense_init(cfg.init_std, ('vocab', 'embed')))
 
 
 class Embeddings(nn.Module):
-  """Token + learned absolute position (+ segment) embeddings (BERT Fig. 2; GPT-1 Sec 3.1).
+  """Token (+ learned absolute position) (+ segment) embeddings of one stack's input
+  (BERT Fig. 2; GPT-1 Sec 3.1; BART). T5's stacks add no positions here (position='relative').
 
-  `token` is exposed so heads can tie their output projection to it (Press & Wolf 2017).
+  `shared` may be a token table owned by the parent (T5 and BART share one between the
+  encoder and the decoder, each stack keeping its own positions); by default the module owns
+  its table, `token`.
   """
   cfg: ModelConfig
+  shared: nn.Module | None = None
 
   def setup(self):
     cfg = self.cfg
-    self.token = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
-                          embedding_init=dense_init(cfg.init_std, ('vocab', 'embed')))
-    self.position = nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype,
-                             embedding_init=dense_init(cfg.init_std, (None, 'embed')))
+    if self.shared is None:
+      self.token = token_embedding(cfg, None)
+    if cfg.position == 'learned':
+      self.position = nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype,
+                               embedding_init=dense_init(cfg.init_std, (None, 'embed')))
     if cfg.type_vocab_size:
       self.segment = nn.Embed(cfg.type_vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
                               embedding_init=dense_init(cfg.init_std, (None, 'embed')))
     if cfg.embed_ln:
-      self.norm = layer_norm(cfg, 'norm')
-    self.dropout = nn.Dropout(self.cfg.dropout)
+      self.norm = norm(cfg, 'norm')
+    self.dropout = nn.Dropout(cfg.dropout)
+
+  @property
+  def tokens(self) -> nn.Module:
+    return self.token if self.shared is None else self.shared
 
   def __call__(self, input_ids, positions, segment_ids=None, *, deterministic: bool):
     """input_ids, positions, segment_ids: [batch, length] -> [batch, length, d_model]."""
-    x = self.token(input_ids) + self.position(positions)
+    x = self.tokens(input_ids)
+    if self.cfg.position == 'learned':
+      x = x + self.position(positions)
     if self.cfg.type_vocab_size:
       if segment_ids is None:
         segment_ids = jnp.zeros_like(input_ids)
@@ -63,21 +89,45 @@ class Embeddings(nn.Module):
 
   def attend(self, x):
     """Tied output projection: [batch, length, d_model] -> [batch, length, vocab] logits."""
-    return self.token.attend(x)
+    return self.tokens.attend(x)
 
 
 class Mlp(nn.Module):
-  """Position-wise feed-forward network, Vaswani et al. 2017 Eq. 2 with GELU."""
+  """Position-wise feed-forward network (Vaswani et al. 2017, Eq. 2): act(x W_i) W_o, or
+  gated (Shazeer 2020, GeGLU; T5.1.1): (act(x W_i0) * x W_i1) W_o."""
   cfg: ModelConfig
   residual_std: float
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     cfg = self.cfg
-    h = nn.Dense(cfg.d_ff, dtype=cfg.compute_dtype, name='wi',
-                 kernel_init=dense_init(cfg.init_std, ('embed', 'mlp')),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(x)
-    h = ACTIVATIONS[cfg.activation](h)  # [batch, length, d_ff]
-    return nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name='wo',
-                    kernel_init=dense_init(self.residual_std, ('mlp', 'embed')),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(h)
+    dense = lambda features, std, names, name: nn.Dense(
+        features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, name=name,
+        kernel_init=dense_init(std, names), bias_init=zeros_init(names[-1:]))
+    act = ACTIVATIONS[cfg.activation]
+    if cfg.mlp == 'gated':
+      h = act(dense(cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi_0')(x)) * dense(
+          cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi_1')(x)  # [batch, length, d_ff]
+    else:
+      h = act(dense(cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi')(x))  # [batch, length, d_ff]
+    return dense(cfg.d_model, self.residual_std, ('mlp', 'embed'), 'wo')(h)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned scalar per (bucket, head), added to the attention logits of every layer of
+  one stack (computed once per stack; Raffel et al. 2020, Sec 2.1)."""
+  cfg: ModelConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+    """q_positions [batch|1, queries], k_positions [batch|1, keys] -> bias
+    [batch|1, heads, queries, keys] (float32)."""
+    cfg = self.cfg
+    table = self.param('embedding', dense_init(cfg.init_std, (None, 'heads')),
+                       (cfg.relative_buckets, cfg.num_heads))
+    buckets = relative_position_bucket(
+        k_positions[:, None, :] - q_positions[:, :, None], bidirectional=self.bidirectional,
+        num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance)
+    bias = jnp.take(table, buckets, axis=0)  # [batch|1, queries, keys, heads]
+    return bias.transpose(0, 3, 1, 2).astype(jnp.float32)

@@ -1,9 +1,14 @@
-"""A pretrained encoder or decoder plus one task head: the model every fine-tuning run trains.
+"""A pretrained model of any arch plus one task head: what classification, regression,
+tagging, span and multiple-choice fine-tuning trains (seq2seq tasks train the pretraining
+model itself, models.build).
 
 The backbone is a submodule named like the pretraining model's parameters, so pretrained
-weights drop in unchanged: `encoder` (BertForPretraining's `encoder` subtree; its MLM and
-NSP heads are discarded) or `decoder` (the whole GPT tree; its tied embedding also serves the
-auxiliary LM loss of GPT-1 Sec 3.2). Only `head` (and `bilstm`) start from random weights.
+weights drop in unchanged (`BACKBONES`): `encoder` (EncoderLM's `encoder` subtree; its MLM
+and NSP heads are discarded), `decoder` (the whole GPT tree; its tied embedding also serves
+the auxiliary LM loss of GPT-1 Sec 3.2) or `encoder_decoder` (the whole T5/BART tree). BART
+classifies by feeding "the same input to the encoder and decoder" and reading "the final
+hidden state of the final decoder token" (Lewis et al. 2020, Sec 3.1); decoders read their
+last token too (GPT-1 Sec 3.3). Only `head` (and `bilstm`) start from random weights.
 """
 from __future__ import annotations
 
@@ -12,19 +17,26 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.decoder import GPT
+from research.models.decoder import Decoder
 from research.models.encoder import Encoder
+from research.models.encoder_decoder import EncoderDecoder
 from research.models.finetune_heads import BiLstm, last_token
 from research.models.heads import ClassifierHead
 
-FAMILIES = ('encoder', 'decoder')
+# arch -> the backbone's name in the task model; `pretrained_backbone` maps the pretraining
+# model's params onto it.
+BACKBONES = {'encoder': 'encoder', 'decoder': 'decoder', 'encoder_decoder': 'encoder_decoder'}
 SEQUENCE_TYPES = ('classification', 'regression', 'multiple_choice')
 TOKEN_TYPES = ('tagging', 'span')
 
 
+def pretrained_backbone(cfg: ModelConfig, params: dict) -> dict:
+  """The part of a pretraining model's params (models.build(cfg)) the task model reuses."""
+  return params['encoder'] if cfg.arch == 'encoder' else params
+
+
 class TaskModel(nn.Module):
   cfg: ModelConfig
-  family: str  # 'encoder' (BERT) | 'decoder' (GPT)
   task_type: str  # research/tasks/task.py TASK_TYPES
   num_outputs: int  # classes / tags; 1 for regression and per-choice scores; 2 for spans
   bilstm_size: int = 0  # >0: BERT Table 5 (d) BiLSTM with this many units per direction
@@ -40,14 +52,17 @@ class TaskModel(nn.Module):
     lead = input_ids.shape[:-1]  # [N, V] or [N]
     flat = lambda x: x.reshape(-1, x.shape[-1])  # [N * V, L]
     ids, segments, mask = flat(input_ids), flat(segment_ids), flat(attention_mask)
-    if self.family == 'encoder':
-      out = Encoder(cfg, name='encoder')(ids, segments, mask, deterministic=deterministic)
+    name = BACKBONES[cfg.arch]
+    if cfg.arch == 'encoder':
+      out = Encoder(cfg, name=name)(ids, segments, mask, deterministic=deterministic)
       hidden, summary, lm_logits = out.hidden, out.pooled, None
-    elif self.family == 'decoder':
-      out = GPT(cfg, name='decoder')(ids, mask, deterministic=deterministic)
+    elif cfg.arch == 'decoder':
+      out = Decoder(cfg, name=name)(ids, mask, deterministic=deterministic)
       hidden, summary, lm_logits = out.hidden, last_token(out.hidden, mask), out.logits
     else:
-      raise ValueError(f'unknown model family {self.family!r}; use one of {FAMILIES}')
+      out = EncoderDecoder(cfg, name=name)(ids, ids, mask, mask, deterministic=deterministic,
+                                           logits=False)
+      hidden, summary, lm_logits = out.hidden, last_token(out.hidden, mask), None
     if self.bilstm_size:
       hidden, summary = BiLstm(self.bilstm_size, cfg.compute_dtype, name='bilstm')(hidden, mask)
 

@@ -1,8 +1,11 @@
-"""The one transformer block, and the stack of them, shared by encoders and decoders.
+"""The one transformer Block, and the Stack of them, shared by every family.
 
-A `Block` does not know whether it is in BERT or GPT: that is decided by the mask it is given
-and two switches (pre/post LayerNorm). `Stack` runs the blocks, threads the optional KV cache,
-and collects per-layer hidden states and attention weights for probing.
+A `Block` does not know whether it is in BERT, GPT, T5 or BART: that is decided by the mask
+(and bias) it is given and a few switches (pre/post norm, norm kind, biases, MLP kind).
+`Block(cfg, cross=True)` adds cross-attention over an encoder's output between its
+self-attention and its MLP (Vaswani et al. 2017, Sec 3.1 "Decoder"). `Stack` runs the blocks,
+computes T5's relative position bias once for all of them, threads the optional KV cache and
+collects per-layer hidden states and attention weights for probing.
 """
 from __future__ import annotations
 
@@ -14,80 +17,116 @@ import jax
 
 from research.models.attention import MultiHeadAttention, residual_init_std
 from research.models.config import ModelConfig
-from research.models.layers import Mlp, layer_norm
+from research.models.layers import Mlp, RelativePositionBias, norm
 
 
 @flax.struct.dataclass
 class StackOutput:
-  hidden: jax.Array  # [batch, length, d_model], after the final LayerNorm if any
+  hidden: jax.Array  # [batch, length, d_model], after the final norm if any
   # When requested: the input of every layer and the last layer's output (num_layers + 1
-  # tensors, HF's `hidden_states` convention), and each layer's attention weights
+  # tensors, HF's `hidden_states` convention), and each layer's self-attention weights
   # [batch, heads, q_len, k_len].
   hidden_states: tuple[jax.Array, ...] | None = None
   attentions: tuple[jax.Array, ...] | None = None
-  cache: Any = None  # list of per-layer {'k', 'v'} when decoding with a cache
+  cache: Any = None  # list of per-layer {'self': {'k', 'v'}[, 'cross': {'k', 'v'}]}
 
 
 class Block(nn.Module):
-  """Self-attention + MLP with residual connections.
+  """Self-attention (+ cross-attention) + MLP with residual connections.
 
-  post-LN (BERT, GPT-1; Vaswani et al. Sec 5.4): x = LN(x + Drop(Attn(x))); x = LN(x + Drop(MLP(x)))
-  pre-LN (GPT-2 Sec 2.3):                        x = x + Drop(Attn(LN(x))); x = x + Drop(MLP(LN(x)))
+  post-LN (BERT, GPT-1, BART; Vaswani et al. Sec 5.4):  x = N(x + Drop(Sublayer(x)))
+  pre-LN (GPT-2 Sec 2.3, T5 Sec 2.1):                  x = x + Drop(Sublayer(N(x)))
+  for Sublayer in (self-attention, [cross-attention over `memory`], MLP).
   """
   cfg: ModelConfig
+  cross: bool = False
+  num_layers: int = 1  # depth of the stack this block is in (GPT-2's residual init)
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool, cache=None, cache_index=None):
+  def __call__(self, x, data: dict, deterministic: bool, cache=None, cache_index=None):
+    """x [batch, length, d_model]; data: 'mask' [batch, 1, q, k], optional 'bias'
+    [1|batch, heads, q, k], and for cross blocks 'memory' [batch, m, d_model] (None when
+    decoding from the cache) with 'memory_mask' [batch, 1, q, m]."""
     cfg = self.cfg
-    std = residual_init_std(cfg)
+    std = residual_init_std(cfg, self.num_layers)
     drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
-    attention = MultiHeadAttention(cfg, std, name='attention')
-    mlp = Mlp(cfg, std, name='mlp')
-    ln_attention, ln_mlp = layer_norm(cfg, 'ln_attention'), layer_norm(cfg, 'ln_mlp')
 
-    if cfg.pre_ln:
-      a, weights, cache = attention(ln_attention(x), mask, deterministic=deterministic,
-                                    cache=cache, cache_index=cache_index)
-      x = x + drop(a)
-      x = x + drop(mlp(ln_mlp(x), deterministic=deterministic))
-    else:
-      a, weights, cache = attention(x, mask, deterministic=deterministic,
-                                    cache=cache, cache_index=cache_index)
-      x = ln_attention(x + drop(a))
-      x = ln_mlp(x + drop(mlp(x, deterministic=deterministic)))
-    return x, weights, cache
+    def residual(x, name, sublayer):
+      if cfg.pre_ln:
+        return x + drop(sublayer(norm(cfg, f'ln_{name}')(x)))
+      return norm(cfg, f'ln_{name}')(x + drop(sublayer(x)))
+
+    new_cache = None if cache is None else {}
+    weights = None
+
+    def self_attention(h):
+      nonlocal weights
+      out, weights, layer_cache = MultiHeadAttention(cfg, std, name='attention')(
+          h, mask=data['mask'], bias=data.get('bias'), deterministic=deterministic,
+          cache=None if cache is None else cache['self'], cache_index=cache_index)
+      if cache is not None:
+        new_cache['self'] = layer_cache
+      return out
+
+    def cross_attention(h):
+      memory = data.get('memory')
+      cached = None if cache is None or memory is not None else cache['cross']
+      out, _, kv = MultiHeadAttention(cfg, std, name='cross_attention')(
+          h, memory, mask=data['memory_mask'], deterministic=deterministic, cache=cached)
+      if cache is not None:
+        new_cache['cross'] = kv
+      return out
+
+    x = residual(x, 'attention', self_attention)
+    if self.cross:
+      x = residual(x, 'cross', cross_attention)
+    x = residual(x, 'mlp', lambda h: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
+    return x, weights, new_cache
 
 
 class Stack(nn.Module):
-  """`num_layers` Blocks (+ the final LayerNorm of pre-LN models).
+  """`num_layers` Blocks (+ the final norm of pre-LN models, + T5's relative position bias).
 
   `masks` is (dense_mask, local_mask): layers for which `cfg.is_local_layer` holds get the
   locally banded one (GPT-3's alternating pattern); local_mask may be None otherwise.
+  With cfg.position == 'relative', `positions` = (query positions [batch|1, q], key positions
+  [batch|1, k]) give the bias, bidirectional unless `causal`.
   """
   cfg: ModelConfig
+  num_layers: int
+  cross: bool = False
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x, masks, *, deterministic: bool, cache=None, cache_index=None,
+  def __call__(self, x, masks, *, positions=None, memory=None, memory_mask=None,
+               deterministic: bool, cache=None, cache_index=None,
                return_intermediates: bool = False) -> StackOutput:
     cfg = self.cfg
+    bias = None
+    if cfg.position == 'relative':
+      bias = RelativePositionBias(cfg, bidirectional=not self.causal, name='relative_bias')(
+          *positions)  # [1|batch, heads, q, k]
     # Arguments are passed positionally so `deterministic` can be static under remat
     # (argnum 3 counts `self`).
     block_cls = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
     dense_mask, local_mask = masks
     hidden_states, attentions, new_cache = [], [], []
-    for i in range(cfg.num_layers):
+    for i in range(self.num_layers):
       if return_intermediates:
         hidden_states.append(x)
-      mask = local_mask if cfg.is_local_layer(i) else dense_mask
+      data = {'mask': local_mask if cfg.is_local_layer(i) else dense_mask, 'bias': bias}
+      if self.cross:
+        data.update(memory=memory, memory_mask=memory_mask)
       layer_cache = None if cache is None else cache[i]
-      x, weights, layer_cache = block_cls(cfg, name=f'layer_{i}')(
-          x, mask, deterministic, layer_cache, cache_index)
+      x, weights, layer_cache = block_cls(cfg, self.cross, self.num_layers, name=f'layer_{i}')(
+          x, data, deterministic, layer_cache, cache_index)
       attentions.append(weights)
       new_cache.append(layer_cache)
     if cfg.final_ln:
-      x = layer_norm(cfg, 'final_ln')(x)
+      x = norm(cfg, 'final_ln')(x)
+    cache_out = None if cache is None else new_cache
     if not return_intermediates:
-      return StackOutput(hidden=x, cache=None if cache is None else new_cache)
+      return StackOutput(hidden=x, cache=cache_out)
     hidden_states.append(x)
     return StackOutput(hidden=x, hidden_states=tuple(hidden_states), attentions=tuple(attentions),
-                       cache=None if cache is None else new_cache)
+                       cache=cache_out)

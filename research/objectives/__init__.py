@@ -1,0 +1,44 @@
+"""The pretraining objectives, by name (`--config.objective.name`).
+
+  mlm_nsp / mlm      BERT: masked LM (+ next-sentence prediction)    arch encoder
+  clm                GPT: left-to-right LM on packed text             arch decoder
+  span_corruption    T5: sentinel-replaced spans -> the spans         arch encoder_decoder
+  denoising          BART: noised document -> the document            arch encoder_decoder
+
+Each is a frozen dataclass (objectives/base.py) holding its settings: host-side numpy
+corruption for the input pipeline, device-side loss terms for the one train step.
+"""
+from __future__ import annotations
+
+from research.objectives.base import Objective
+from research.objectives.clm import CausalLM
+from research.objectives.mlm import MaskedLM
+from research.objectives.seq2seq import Denoising, SpanCorruption
+
+NAMES = ('mlm_nsp', 'mlm', 'clm', 'span_corruption', 'denoising')
+
+
+def _names(value: str) -> tuple[str, ...]:
+  return tuple(n.strip() for n in value.split(',') if n.strip())
+
+
+def from_config(objective_cfg, decoder_start: str = 'pad') -> Objective:
+  """The objective `config.objective` describes; an unknown name is a one-line error."""
+  c = objective_cfg
+  if c.name in ('mlm_nsp', 'mlm'):
+    return MaskedLM(nsp=c.name == 'mlm_nsp', mask_prob=c.mask_prob,
+                    mask_token_prob=c.mask_token_prob, random_token_prob=c.random_token_prob,
+                    max_predictions=c.max_predictions_per_seq, short_seq_prob=c.short_seq_prob)
+  if c.name == 'clm':
+    return CausalLM()
+  if c.name == 'span_corruption':
+    return SpanCorruption(noise_density=c.noise_density,
+                          mean_noise_span_length=c.mean_noise_span_length,
+                          num_sentinels=c.num_sentinels, decoder_start=decoder_start)
+  if c.name == 'denoising':
+    return Denoising(noises=_names(c.noises), mask_ratio=c.mask_ratio,
+                     random_ratio=c.random_ratio, poisson_lambda=c.poisson_lambda,
+                     replace_length=c.replace_length, insert_ratio=c.insert_ratio,
+                     permute_ratio=c.permute_ratio, rotate_ratio=c.rotate_ratio,
+                     decoder_start=decoder_start)
+  raise ValueError(f'unknown --config.objective.name={c.name!r}; use one of {", ".join(NAMES)}')

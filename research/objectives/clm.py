@@ -9,7 +9,11 @@ B); no padding is ever needed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from research.objectives import base
 
 
 def pack_documents(documents_ids: list[list[int]], eos_id: int,
@@ -44,3 +48,22 @@ def clm_batch(windows: np.ndarray) -> dict[str, np.ndarray]:
       'targets': windows[..., 1:],  # [..., L]
       'weights': np.ones(windows[..., 1:].shape, np.float32),  # [..., L]
   }
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM(base.LanguageModelling):
+  """GPT pretraining (arch='decoder'): next-token prediction on packed windows.
+
+  Batch: input_ids, targets int32 [B, L], weights float32 [B, L] (all ones: no padding).
+  """
+  name = 'clm'
+  archs = ('decoder',)
+
+  def examples(self, tokenizer, documents_ids, *, seq_len, seed):
+    windows = pack_documents([[t for line in doc for t in line] for doc in documents_ids],
+                             tokenizer.eos_id, seq_len)  # [N, L + 1]
+    return [clm_batch(w) for w in windows]
+
+  def terms(self, model, params, batch, rng):
+    out = base.apply(model, params, batch['input_ids'], rng=rng)
+    return base.token_terms('', out.logits, batch['targets'], batch['weights'])

@@ -16,9 +16,14 @@ input pipeline, this is RoBERTa's dynamic masking (Liu et al. 2019, Sec 4.1).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from research.objectives import base, nsp
 
 
 def mask_tokens(
@@ -86,3 +91,90 @@ def mask_tokens(
   targets = np.where(predict, input_ids, 0).astype(input_ids.dtype)
   weights = predict.astype(np.float32)
   return masked_ids, targets, weights
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM(base.Objective):
+  """BERT pretraining (arch='encoder'): MLM on [CLS] A [SEP] B [SEP] examples, plus NSP when
+  `nsp` (Sec 3.1 Task #2; without it, BERT Table 5's "No NSP" / RoBERTa's DOC-SENTENCES).
+
+  Batch (padded to L): input_ids, segment_ids, attention_mask int32 [B, L];
+  mlm_targets int32 [B, L], mlm_weights float32 [B, L]; nsp_labels int32 [B] (0 IsNext,
+  1 NotNext), nsp_weights float32 [B] (1 for real rows with NSP on).
+  """
+  archs = ('encoder',)
+  nsp: bool = True
+  mask_prob: float = 0.15
+  mask_token_prob: float = 0.8
+  random_token_prob: float = 0.1
+  max_predictions: int = 20  # logits are computed only at this many positions per row
+  short_seq_prob: float = 0.1
+
+  @property
+  def name(self):
+    return 'mlm_nsp' if self.nsp else 'mlm'
+
+  @property
+  def loss_terms(self):
+    return (('mlm_loss', 'mlm_weights'),) + ((('nsp_loss', 'nsp_weights'),) if self.nsp else ())
+
+  def examples(self, tokenizer, documents_ids, *, seq_len, seed):
+    pairs = nsp.make_nsp_examples(
+        documents_ids, np.random.default_rng(seed), max_seq_len=seq_len,
+        short_seq_prob=self.short_seq_prob, use_nsp=self.nsp)
+    return [bert_example(a, b, is_random_next, tokenizer, seq_len)
+            for a, b, is_random_next in pairs]
+
+  def corruptor(self, tokenizer, *, seq_len):
+    is_special = np.zeros(tokenizer.vocab_size, bool)  # lookup table [V]
+    is_special[list(tokenizer.special_ids)] = True
+    settings = dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                    mask_prob=self.mask_prob, mask_token_prob=self.mask_token_prob,
+                    random_token_prob=self.random_token_prob,
+                    max_predictions=self.max_predictions, special_ids=tokenizer.special_ids)
+    nsp_weight = np.float32(self.nsp)
+
+    def corrupt(example, rng):
+      input_ids = example['input_ids']  # [L]
+      masked_ids, targets, weights = mask_tokens(input_ids, ~is_special[input_ids], rng,
+                                                 **settings)
+      return {**example, 'input_ids': masked_ids, 'mlm_targets': targets,
+              'mlm_weights': weights, 'nsp_weights': nsp_weight}
+    return corrupt
+
+  def vocab_positions(self, seq_len):
+    return min(self.max_predictions, seq_len)
+
+  def terms(self, model, params, batch, rng):
+    # Gather the predicted positions (weight 1 sorts first; top_k is stable) so the
+    # vocab-sized projection runs on max_predictions rows instead of every token.
+    k = min(self.max_predictions, batch['mlm_weights'].shape[1])
+    _, positions = jax.lax.top_k(batch['mlm_weights'], k)  # [batch, k]
+    take = lambda x: jnp.take_along_axis(x, positions, axis=1)
+    out = base.apply(model, params, batch['input_ids'], batch['segment_ids'],
+                     batch['attention_mask'], mlm_positions=positions, rng=rng)
+    terms = base.token_terms('mlm_', out['mlm_logits'], take(batch['mlm_targets']),
+                             take(batch['mlm_weights']))
+    if self.nsp:
+      terms.update(base.token_terms('nsp_', out['nsp_logits'], batch['nsp_labels'],
+                                    batch['nsp_weights']))
+    return terms
+
+  def summarize(self, values):
+    return {**values, 'loss': sum(values[term] for term, _ in self.loss_terms)}
+
+
+def bert_example(tokens_a, tokens_b, is_random_next, tokenizer, seq_len) -> base.Example:
+  """[CLS] A [SEP] B [SEP] (or [CLS] A [SEP]) padded to seq_len (Sec 3)."""
+  first = [tokenizer.cls_id, *tokens_a, tokenizer.sep_id]
+  second = [*tokens_b, tokenizer.sep_id] if tokens_b else []
+  input_ids = np.full(seq_len, tokenizer.pad_id, np.int32)
+  input_ids[:len(first) + len(second)] = first + second
+  segment_ids = np.zeros(seq_len, np.int32)
+  segment_ids[len(first):len(first) + len(second)] = 1
+  return {
+      'input_ids': input_ids,
+      'segment_ids': segment_ids,
+      'attention_mask': (input_ids != tokenizer.pad_id).astype(np.int32),
+      'nsp_labels': np.int32(is_random_next),
+  }

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from research.tasks import encoding, squad
+from research.tasks import encoding, seq2seq, squad
 from research.tasks.readers import Example
 from research.tasks.task import Task
 
@@ -25,6 +25,7 @@ class EncodedSplit:
   token_to_word: np.ndarray | None = None  # span: [F, L] context word of each position
   first_token: np.ndarray | None = None  # tagging: [N, W] position of each word's first piece
   words: list | None = None  # span: the context words of each example
+  prompts: list | None = None  # seq2seq: what decoding starts from (framed sources / prompts)
 
   @property
   def num_features(self) -> int:
@@ -51,6 +52,13 @@ def encode_split(task: Task, examples: list[Example], tokenizer, style: encoding
       examples, tokenizer, style, max_len, task_type=task.type, labels=task.labels,
       both_orders=task.symmetric and style.name == 'gpt')
   return EncodedSplit(examples, arrays)
+
+
+def encode_seq2seq_split(examples: list[Example], tokenizer, style, max_len: int,
+                         target_len: int) -> EncodedSplit:
+  """Seq2seq (and text-to-text) examples: arrays for teacher forcing, prompts for decoding."""
+  arrays, prompts = seq2seq.encode_seq2seq(examples, tokenizer, style, max_len, target_len)
+  return EncodedSplit(examples, arrays, prompts=prompts)
 
 
 def to_predictions(task: Task, split: EncodedSplit, outputs: dict[str, np.ndarray],

@@ -1,0 +1,119 @@
+"""Loading a trained model is one call: `load_params(directory) -> (ModelConfig, params, tokenizer)`.
+
+`directory` is a training workdir of this codebase or a Hugging Face model directory
+(config.json + model.safetensors + its vocabulary files, imported by research/convert).
+A workdir's newest (or chosen) checkpoint is read by an Orbax *partial* restore of the
+parameters alone: no optimizer state, no corpus, no rebuilt training run. Generation,
+in-context evaluation and fine-tuning all start here.
+
+A workdir describes itself: `model.json` (the resolved ModelConfig), its tokenizer
+(`tokenizer.model`, the path config.json names, or an imported vocabulary in
+`hf_tokenizer/`) and `checkpoints/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from research import checkpointing, models, sharding
+from research.models.config import ModelConfig
+
+MODEL_FILE = 'model.json'
+HF_TOKENIZER_DIR = 'hf_tokenizer'  # an imported checkpoint's vocabulary, kept in a workdir
+WEIGHTS_FILE = 'model.safetensors'  # research.convert.hf_checkpoint's; a HF directory has it
+
+
+class Loaded(NamedTuple):
+  cfg: ModelConfig
+  params: Any  # the tree of models.build(cfg), unboxed arrays
+  tokenizer: Any  # research.data.tokenizer.Tokenizer interface
+  step: int  # checkpoint step (0 for an imported HF checkpoint)
+
+
+def is_hf_directory(path: str) -> bool:
+  return os.path.exists(os.path.join(path, WEIGHTS_FILE))
+
+
+def write_model_config(workdir: str, cfg: ModelConfig):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, MODEL_FILE), 'w', encoding='utf-8') as f:
+      json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+      f.write('\n')
+
+
+def read_model_config(workdir: str) -> ModelConfig:
+  path = os.path.join(workdir, MODEL_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: expected a training workdir of this codebase (with {MODEL_FILE}, '
+        f'its tokenizer and checkpoints/) or an HF model directory (with {WEIGHTS_FILE})')
+  with open(path, encoding='utf-8') as f:
+    return ModelConfig(**json.load(f))
+
+
+def tokenizer_path(workdir: str) -> str:
+  """The SentencePiece model a workdir trained with: config.json's data.tokenizer.path, else
+  <workdir>/tokenizer.model."""
+  config_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(config_path):
+    with open(config_path, encoding='utf-8') as f:
+      configured = json.load(f).get('data', {}).get('tokenizer', {}).get('path')
+    if configured:
+      return configured
+  return os.path.join(workdir, 'tokenizer.model')
+
+
+def load_tokenizer(workdir: str):
+  from research.convert.hf_tokenizer import HFTokenizer  # only for imported vocabularies
+  from research.data.tokenizer import Tokenizer
+  if os.path.isdir(os.path.join(workdir, HF_TOKENIZER_DIR)):
+    return HFTokenizer.load_saved(os.path.join(workdir, HF_TOKENIZER_DIR))
+  path = tokenizer_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: the tokenizer of {workdir} is missing')
+  return Tokenizer.load(path)
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh | None = None):
+  """ShapeDtypeStructs of models.build(cfg)'s params laid out over `mesh` by the logical rules
+  (default: on the first local device)."""
+  model = models.build(cfg)
+  boxed = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+  if mesh is None:
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, nn.meta.unbox(boxed))
+  else:
+    shardings = sharding.state_shardings(boxed, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nn.meta.unbox(boxed), shardings)
+
+
+def load_params(path: str, step: int | None = None, mesh: Mesh | None = None) -> Loaded:
+  """(ModelConfig, params, tokenizer, step) of a workdir's checkpoint `step` (default: the
+  newest) or of an HF model directory, params placed per `mesh` (default: one device)."""
+  if is_hf_directory(path):
+    from research import convert  # transformers-format I/O only when asked for
+    imported = convert.load(path)
+    params = imported.params
+    if mesh is not None:
+      params = jax.device_put(params, jax.tree.map(lambda x: x.sharding,
+                                                   abstract_params(imported.cfg, mesh)))
+    return Loaded(imported.cfg, params, imported.tokenizer, 0)
+  cfg = read_model_config(path)
+  tokenizer = load_tokenizer(path)
+  ckpt = checkpointing.Checkpointer(os.path.join(path, 'checkpoints'), keep=1)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise checkpointing.CheckpointError(f'no checkpoint in {path}/checkpoints; train first '
+                                          'or point at a trained run')
+    params = ckpt.restore_params(abstract_params(cfg, mesh), step)
+  finally:
+    ckpt.close()
+  return Loaded(cfg, params, tokenizer, step)

@@ -1,0 +1,138 @@
+"""arch='encoder_decoder': T5 (Raffel et al. 2020) and BART (Lewis et al. 2020).
+
+A bidirectional Stack reads the source; a causal Stack of `Block(cross=True)` writes the
+target, each layer cross-attending to the encoder's output (Vaswani et al. 2017, Sec 3.1).
+Both stacks share one token table (T5 Sec 2.1; BART follows the standard Transformer) and
+keep their own positions: T5's relative bias (one per stack), BART's learned tables.
+
+`encode` / `decode` split the model as flax `examples/wmt` does, so training runs both and
+generation runs the encoder once: `prefill` encodes the source, caches every decoder layer's
+cross-attention keys and values, and feeds the decoder start token (T5: pad, BART: eos);
+`decode_step` then adds one target token against the cache.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from research.models import masks
+from research.models.attention import init_kv_cache
+from research.models.config import ModelConfig
+from research.models.decoder import DecoderOutput
+from research.models.heads import LmHead
+from research.models.layers import Embeddings, token_embedding
+from research.models.transformer import Stack, StackOutput
+
+
+@flax.struct.dataclass
+class Seq2SeqOutput:
+  logits: jax.Array | None  # [batch, target_len, vocab]
+  hidden: jax.Array  # decoder output [batch, target_len, d_model]
+  encoder: StackOutput  # encoder output, hidden [batch, source_len, d_model]
+  decoder: DecoderOutput
+
+
+class EncoderDecoder(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.shared = token_embedding(cfg)
+    self.encoder_embeddings = Embeddings(cfg, shared=self.shared)
+    self.decoder_embeddings = Embeddings(cfg, shared=self.shared)
+    self.encoder = Stack(cfg, cfg.num_layers)
+    self.decoder = Stack(cfg, cfg.decoder_layers, cross=True, causal=True)
+    self.lm_head = LmHead(cfg)
+
+  def encode(self, input_ids, attention_mask=None, *, deterministic: bool = True,
+             return_intermediates: bool = False) -> StackOutput:
+    """Source ids, attention_mask (1 = token) [batch, source_len] -> encoder StackOutput."""
+    batch, length = input_ids.shape
+    self.cfg.check_length(length, 'source')
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    positions = jnp.arange(length)[None]  # [1, length]
+    mask = masks.attention_mask(positions, positions, attention_mask)  # [batch, 1, S, S]
+    x = self.encoder_embeddings(input_ids, jnp.broadcast_to(positions, (batch, length)),
+                                deterministic=deterministic)
+    return self.encoder(x, (mask, None), positions=(positions, positions),
+                        deterministic=deterministic, return_intermediates=return_intermediates)
+
+  def decode(self, decoder_input_ids, memory, memory_valid, decoder_mask=None, *,
+             deterministic: bool = True, cache: dict | None = None,
+             cache_index: jax.Array | int = 0, return_intermediates: bool = False,
+             logits: bool = True) -> DecoderOutput:
+    """decoder_input_ids, decoder_mask [batch, target_len]: the target shifted right by the
+    start token; memory [batch, source_len, d_model] the encoder output (None when the
+    cache holds its keys and values); memory_valid [batch, source_len] its padding mask.
+    With `cache` the tokens occupy slots cache_index .. cache_index + target_len."""
+    cfg = self.cfg
+    batch, length = decoder_input_ids.shape
+    if decoder_mask is None:
+      decoder_mask = jnp.ones((batch, length), bool)
+    query_slots = cache_index + jnp.arange(length)[None]  # [1, target_len]
+    if cache is None:
+      cfg.check_length(length, 'target')
+      key_slots, key_valid, layer_caches = query_slots, decoder_mask, None
+    else:
+      key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], decoder_mask.astype(bool),
+                                               (0, cache_index))
+      key_slots = jnp.arange(key_valid.shape[1])[None]
+      layer_caches = cache['layers']
+      memory_valid = cache['memory_valid'] if memory_valid is None else memory_valid
+    self_mask = masks.attention_mask(query_slots, key_slots, key_valid, kind='causal')
+    source_order = jnp.arange(memory_valid.shape[1])[None]
+    cross_mask = masks.attention_mask(query_slots, source_order, memory_valid)  # [b, 1, T, S]
+    x = self.decoder_embeddings(decoder_input_ids, jnp.broadcast_to(query_slots, (batch, length)),
+                                deterministic=deterministic)
+    out = self.decoder(x, (self_mask, None), positions=(query_slots, key_slots), memory=memory,
+                       memory_mask=cross_mask, deterministic=deterministic, cache=layer_caches,
+                       cache_index=cache_index, return_intermediates=return_intermediates)
+    new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid,
+                                            'memory_valid': memory_valid}
+    return DecoderOutput(logits=self.lm_head(out.hidden, self.shared) if logits else None,
+                         hidden=out.hidden, hidden_states=out.hidden_states,
+                         attentions=out.attentions, cache=new_cache)
+
+  def __call__(self, input_ids, decoder_input_ids, attention_mask=None, decoder_mask=None, *,
+               deterministic: bool = True, return_intermediates: bool = False,
+               logits: bool = True) -> Seq2SeqOutput:
+    """Teacher-forced pass: source [batch, S] -> logits [batch, T, vocab] of the next target
+    token at each decoder input position."""
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    encoded = self.encode(input_ids, attention_mask, deterministic=deterministic,
+                          return_intermediates=return_intermediates)
+    decoded = self.decode(decoder_input_ids, encoded.hidden, attention_mask, decoder_mask,
+                          deterministic=deterministic, return_intermediates=return_intermediates,
+                          logits=logits)
+    return Seq2SeqOutput(logits=decoded.logits, hidden=decoded.hidden, encoder=encoded,
+                         decoder=decoded)
+
+  def init_cache(self, batch: int, length: int) -> dict:
+    """Decoder self-attention caches of `length` slots (the cross-attention keys and values
+    are added by `prefill`) and which slots hold real tokens."""
+    self.cfg.check_length(length, 'target')
+    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
+                       for _ in range(self.cfg.decoder_layers)],
+            'key_valid': jnp.zeros((batch, length), bool)}
+
+  def prefill(self, source_ids, source_mask, start_ids, cache_len: int):
+    """Encodes source_ids, source_mask [batch, S] once and feeds start_ids [batch].
+
+    Returns (logits of the first target token [batch, vocab] float32, cache, lengths [batch]
+    = 1: the start token took position 0 and slot 0)."""
+    batch = source_ids.shape[0]
+    memory = self.encode(source_ids, source_mask).hidden
+    out = self.decode(start_ids[:, None], memory, source_mask.astype(bool),
+                      cache=self.init_cache(batch, cache_len), cache_index=0)
+    return out.logits[:, 0].astype(jnp.float32), out.cache, jnp.ones((batch,), jnp.int32)
+
+  def decode_step(self, tokens, positions, cache, slot):
+    """One new target token per row at slot `slot` (positions = slots here: the decoder's
+    inputs are never padded on the left) -> logits [batch, vocab] float32, cache."""
+    del positions
+    out = self.decode(tokens[:, None], None, None, cache=cache, cache_index=slot)
+    return out.logits[:, 0].astype(jnp.float32), out.cache

@@ -1,0 +1,108 @@
+"""What every training objective provides, pretraining and fine-tuning alike.
+
+An objective is a frozen (hashable) dataclass: part of the jitted step's static arguments.
+Host side (pretraining objectives): `examples` turns documents into unmasked examples, once
+per run and deterministic, and `corruptor` returns the function that draws one example's
+per-epoch noise with a numpy Generator (never jax ops in the input pipeline). Device side: `terms` returns metric pairs
+`{name: [total, weight]}` that batches, micro-batches and devices combine by plain addition,
+and `loss_scales` says how the terms make up the loss: each term's total is divided by its
+weight over the *whole* batch (so gradient accumulation is exact, research/steps.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Example = dict[str, np.ndarray]
+
+
+def pair(total, weight) -> jax.Array:
+  """A metric as [sum of values, sum of weights] (float32 [2])."""
+  return jnp.stack([jnp.sum(total), jnp.sum(weight)]).astype(jnp.float32)
+
+
+def cross_entropy(logits, targets) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def token_terms(prefix: str, logits, targets, weights) -> dict[str, jax.Array]:
+  """Cross-entropy and accuracy summed over weighted positions."""
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return {f'{prefix}loss': pair(cross_entropy(logits, targets) * weights, weights),
+          f'{prefix}accuracy': pair(correct * weights, weights)}
+
+
+def means(terms: dict[str, Any]) -> dict[str, Any]:
+  """[total, weight] pairs -> weighted means."""
+  return {k: v[0] / jnp.maximum(v[1], 1e-9) for k, v in terms.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Interface; subclasses (frozen dataclasses of their settings) override what applies."""
+  name: ClassVar[str] = ''
+  # The architectures (ModelConfig.arch) this objective can train.
+  archs: ClassVar[tuple[str, ...]] = ()
+  # Ids the model reserves above the tokenizer's vocabulary (T5's sentinels).
+  extra_ids: ClassVar[int] = 0
+
+  @property
+  def loss_terms(self) -> tuple[tuple[str, str], ...]:
+    """(term, whole-batch weight key) of each loss component."""
+    return (('loss', 'weights'),)
+
+  def check_arch(self, arch: str):
+    if arch not in self.archs:
+      raise ValueError(f'objective {self.name!r} trains {" or ".join(self.archs)} models, but '
+                       f'--config.model.arch={arch!r}; use a matching config or objective')
+
+  # --- host side ---
+  def examples(self, tokenizer, documents_ids: Sequence[list[list[int]]], *, seq_len: int,
+               seed: int) -> list[Example]:
+    """Unmasked examples of `seq_len` tokens from tokenised documents (lists of lines of ids);
+    deterministic given `seed`."""
+    raise NotImplementedError
+
+  def corruptor(self, tokenizer, *, seq_len: int
+                ) -> Callable[[Example, np.random.Generator], Example] | None:
+    """(example, rng) -> the example with this epoch's noise, or None for no noise. Built
+    once per pipeline, so it may hold lookup tables of the tokenizer."""
+    return None
+
+  def vocab_positions(self, seq_len: int) -> int | None:
+    """Positions per example projected onto the vocabulary (None: every target position)."""
+    return None
+
+  # --- device side ---
+  def terms(self, model, params, batch: dict[str, jax.Array],
+            rng: jax.Array | None) -> dict[str, jax.Array]:
+    """Metric pairs of one (micro-)batch; `rng=None` means deterministic (eval)."""
+    raise NotImplementedError
+
+  def loss_scales(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """{loss term: its factor}: the loss is the sum of term total x factor, the factor being
+    1 / (the term's weight over the whole batch)."""
+    return {term: 1.0 / jnp.maximum(jnp.sum(batch[key]), 1.0) for term, key in self.loss_terms}
+
+  def summarize(self, values: dict[str, Any]) -> dict[str, Any]:
+    """Derived metrics from the means (e.g. perplexity); adds the total 'loss' if needed."""
+    return values
+
+
+def apply(model, params, *args, rng: jax.Array | None = None, **kwargs):
+  """model.apply with dropout iff an rng is given."""
+  deterministic = rng is None
+  return model.apply({'params': params}, *args, deterministic=deterministic,
+                     rngs=None if deterministic else {'dropout': rng}, **kwargs)
+
+
+class LanguageModelling(Objective):
+  """Objectives scored by next-token cross-entropy on `targets`/`weights`: report perplexity."""
+
+  def summarize(self, values):
+    return {**values, 'perplexity': jnp.exp(values['loss'])}
