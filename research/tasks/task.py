@@ -7,7 +7,7 @@ Everything is read from the config, so a new data set in a supported format need
   --config.task.format=glue --config.task.name=rte --config.task.data_dir=glue_data/RTE
   --config.task.format=conll --config.task.train=a.txt --config.task.dev=b.txt
   --config.task.format=squad --config.task.data_dir=DIR          (train-v1.1.json, dev-v1.1.json)
-  --config.task.dev_fraction=0.1                                  (no dev file: hold out 10% of train)
+  --config.task.dev_fraction=0.1          (no dev file: hold out 10% of train as dev)
 
 Task types: classification, regression, tagging, span (extractive QA), multiple_choice. The
 type follows from the format where the format allows one (conll -> tagging, squad -> span,
