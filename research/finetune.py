@@ -403,6 +403,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
                        arch=ft.model_cfg.arch, init_from=config.finetune.init_from,
                        params=state_lib.param_count(state.params),
                        train_examples=len(ft.task.splits['train']),
+                       **(ft.task.dev_split.log_fields() if ft.task.dev_split else {}),
                        **{f'baseline/{k}': v for k, v in baseline.items()})
   else:
     reporter.log_event(start, event='resumed')

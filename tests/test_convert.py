@@ -77,6 +77,68 @@ def test_tokenizer_matches_transformers(directory, files, tmp_path):
     assert tok.decode(ids) == decoded
 
 
+def padded_copy(directory, out, length=128) -> str:
+  """A copy of a fixture whose tokenizer.json pads and truncates every encoding to `length`,
+  as published checkpoints' files do (sentence-transformers: Fixed 128)."""
+  shutil.copytree(directory, out)
+  with open(os.path.join(directory, 'tokenizer.json'), encoding='utf-8') as f:
+    spec = json.load(f)
+  pad_token = '[PAD]' if 'bert' in os.path.basename(directory) else '<|endoftext|>'
+  spec['padding'] = {'strategy': {'Fixed': length}, 'direction': 'Right',
+                     'pad_to_multiple_of': None, 'pad_id': spec['model']['vocab'][pad_token],
+                     'pad_type_id': 0, 'pad_token': pad_token}
+  spec['truncation'] = {'direction': 'Right', 'max_length': length, 'strategy': 'LongestFirst',
+                        'stride': 0}
+  with open(os.path.join(out, 'tokenizer.json'), 'w', encoding='utf-8') as f:
+    json.dump(spec, f)
+  return str(out)
+
+
+@pytest.mark.parametrize('directory', [BERT_DIR, GPT2_DIR])
+def test_tokenizer_json_padding_and_truncation_are_ignored(directory, tmp_path):
+  """encode() gives the unpadded, untruncated ids (no specials) whatever tokenizer.json says."""
+  padded = convert.load(padded_copy(directory, tmp_path / 'padded')).tokenizer
+  plain = convert.load(directory).tokenizer
+  ref = np.load(os.path.join(directory, 'reference.npz'))
+  for text, ids in zip(ref['sample_texts'], ref['sample_ids']):
+    ids = [int(i) for i in ids if i >= 0]
+    assert padded.encode(str(text)) == ids
+    assert padded.encode_batch([str(text), 'a']) == [ids, plain.encode('a')]
+  long_text = ' '.join(str(t) for t in ref['sample_texts']) * 10
+  assert len(padded.encode(long_text)) > 128
+  assert padded.encode(long_text) == plain.encode(long_text)
+  specials = {padded.cls_id, padded.sep_id} - {None}
+  assert not specials & set(padded.encode(str(ref['sample_texts'][0])))
+
+
+def test_padded_tokenizer_json_encodes_tasks_as_the_plain_one(tmp_path):
+  """Tagging (one word at a time) and sentence pairs: the same arrays as the plain fixture."""
+  from research.tasks import encoding
+  from research.tasks.readers import Example
+  toks = [convert.load(d).tokenizer for d in (BERT_DIR, padded_copy(BERT_DIR, tmp_path / 'p'))]
+  words = 'Elinor and Marianne walked to Barton Park in the rain .'.split()
+  tagging = [Example(words=tuple(words), tags=('B-PER', 'O', 'B-PER', 'O', 'O', 'B-LOC',
+                                               'I-LOC', 'O', 'O', 'O', 'O'))]
+  pairs = [Example(texts=('The quick brown fox.', 'It jumps over the lazy dog.'), label='1'),
+           Example(texts=('Sense and sensibility', 'Pride'), label='0')]
+  encoded = []
+  for tok in toks:
+    style = encoding.InputStyle.create('bert', tok)
+    arrays, first = encoding.encode_tagging(tagging, tok, style, 48, labels=('B-LOC', 'B-PER',
+                                                                             'I-LOC', 'O'))
+    pair = encoding.encode_sequences(pairs, tok, style, 48, task_type='classification',
+                                     labels=('0', '1'))
+    encoded.append((arrays, first, pair))
+  (plain_tags, plain_first, plain_pair), (tags, first, pair) = encoded
+  assert (plain_first >= 0).all()  # every word fits: the test can tell a cut-off word
+  np.testing.assert_array_equal(first, plain_first)
+  for key in plain_tags:
+    np.testing.assert_array_equal(tags[key], plain_tags[key], err_msg=key)
+  for key in plain_pair:
+    np.testing.assert_array_equal(pair[key], plain_pair[key], err_msg=key)
+  assert (plain_pair['segment_ids'][0, 0] == 1).any()  # the second sentence is there
+
+
 @pytest.mark.parametrize('module,directory', [(bert, BERT_DIR), (gpt2, GPT2_DIR)])
 def test_export_import_round_trip_is_exact(module, directory, tmp_path):
   imported = module.load(directory)

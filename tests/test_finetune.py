@@ -17,7 +17,7 @@ from research import checkpointing, finetune, train
 from research.models import task_model
 from research.models.config import ModelConfig
 from research.models.finetune_heads import BiLstm, last_token
-from tests.conftest import REPO
+from tests.conftest import REPO, run_main
 
 CFG = ModelConfig(vocab_size=40, max_len=32, d_model=16, num_layers=2, num_heads=2, d_ff=32,
                   type_vocab_size=2, dropout=0.0, attention_dropout=0.0)
@@ -342,6 +342,32 @@ def test_finetune_from_imported_hf_checkpoint(name, tmp_path):
   results = finetune.run_finetune(config, workdir)
   again = finetune.evaluate_finetuned(config, workdir)
   assert again['dev/accuracy'] == results['dev/accuracy']
+
+
+def test_cli_holds_out_dev_when_the_data_has_train_and_test_only(tmp_path):
+  """A train/test directory stops with a hint at dev_fraction; with it, a stratified dev set
+  is held out of train, its size and seed logged, and dev metrics reported."""
+  data = tmp_path / 'data'
+  sentiment_dir(data, rows=60)
+  (data / 'dev.tsv').rename(data / 'test.tsv')
+  args = ['--config=configs/finetune.py:task=custom,init_from='
+          + os.path.join(HF_FIXTURES, 'hf_bert_tiny'), f'--workdir={tmp_path / "run"}',
+          f'--config.task.data_dir={data}', '--config.finetune.epochs=0',
+          '--config.train.steps=2', '--config.train.batch_size=8',
+          '--config.train.eval_batch_size=8', '--config.data.max_seq_len=24',
+          '--config.finetune.warmup_fraction=0', '--config.optim.warmup_steps=1']
+  refused = run_main(*args)
+  assert refused.returncode != 0
+  assert 'error: no dev file' in refused.stderr
+  assert '--config.task.dev_fraction=0.1' in refused.stderr
+  result = run_main(*args, '--config.task.dev_fraction=0.25', '--config.task.train_limit=30')
+  assert result.returncode == 0, result.stderr[-2000:]
+  records = read_metrics(tmp_path / 'run')
+  start = next(r for r in records if r.get('event') == 'start')
+  assert (start['dev_split/train'], start['dev_split/dev']) == (45, 15)
+  assert start['dev_split/seed'] == 0 and start['train_examples'] == 30
+  assert any('dev/accuracy' in r for r in records)
+  assert any('test/accuracy' in r for r in records)
 
 
 def test_bad_init_from_is_a_clear_error(tmp_path):

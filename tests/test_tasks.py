@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import finetune as finetune_config
-from research.tasks import encoding, features, glue, metrics, readers, squad
+from research.tasks import encoding, features, glue, holdout, metrics, readers, squad
 from research.tasks.task import load_task
 
 
@@ -240,6 +240,81 @@ def test_vendored_tasks_load():
     assert {'train', 'dev', 'test'} <= set(task.splits)
   brown = load_task(task_config(**finetune_config.VENDORED['tagging']))
   assert len(brown.labels) > 80 and brown.metrics == ('accuracy',)
+
+
+# --- a dev set held out of train (--config.task.dev_fraction)
+
+
+def labelled_dir(path, counts, test=True):
+  """train.tsv with counts[label] rows per label (interleaved), plus a test.tsv; no dev."""
+  rows = [f'text {label} {i}\t{label}' for i in range(max(counts.values()))
+          for label, n in counts.items() if i < n]
+  write(path / 'train.tsv', 'sentence\tlabel\n' + '\n'.join(rows) + '\n')
+  if test:
+    write(path / 'test.tsv', 'sentence\tlabel\nsome test\tpos\n')
+  return str(path)
+
+
+def test_no_dev_file_suggests_dev_fraction(tmp_path):
+  with pytest.raises(readers.TaskDataError,
+                     match=r'no dev file .*--config.task.dev_fraction=0.1'):
+    load_task(task_config(format='tsv', data_dir=labelled_dir(tmp_path, {'a': 3, 'b': 3})))
+
+
+def test_dev_fraction_sizes_and_stratification(tmp_path):
+  counts = {'pos': 600, 'neg': 300, 'rare': 7}
+  task = load_task(task_config(format='tsv', data_dir=labelled_dir(tmp_path, counts),
+                               dev_fraction=0.1))
+  train, dev = task.splits['train'], task.splits['dev']
+  assert list(task.splits) == ['train', 'dev', 'test']
+  assert (len(train), len(dev)) == (816, 91)  # round(0.1 * 907) = 91
+  dev_counts = {label: sum(e.label == label for e in dev) for label in counts}
+  assert dev_counts == {'pos': 60, 'neg': 30, 'rare': 1}  # 0.7 of 'rare' rounds up
+  assert not {e.texts for e in train} & {e.texts for e in dev}
+  assert len({e.texts for e in train} | {e.texts for e in dev}) == sum(counts.values())
+  assert task.labels == ('neg', 'pos', 'rare')
+  assert task.dev_split == holdout.DevSplit(0.1, 0, 816, 91)
+  # Every class keeps a training example, even one too rare to round to zero.
+  assert holdout.dev_counts({'a': 1, 'b': 1, 'c': 10}, 0.5) == {'a': 0, 'b': 0, 'c': 5}
+  assert holdout.dev_counts({'a': 2, 'b': 2}, 0.5) == {'a': 1, 'b': 1}
+
+
+def test_dev_fraction_is_deterministic_and_depends_on_the_seed(tmp_path):
+  data_dir = labelled_dir(tmp_path, {'pos': 50, 'neg': 30})
+
+  def dev_texts(**overrides):
+    task = load_task(task_config(format='tsv', data_dir=data_dir, dev_fraction=0.25,
+                                 **overrides))
+    return [e.texts for e in task.splits['dev']]
+
+  first = dev_texts()
+  assert dev_texts() == first  # a second load (resume, --mode=eval, another process)
+  assert dev_texts(train_limit=10, eval_limit=0) == first  # train_limit cuts after the split
+  assert dev_texts(dev_seed=1) != first and len(dev_texts(dev_seed=1)) == len(first)
+  # Plain lists, no global RNG: the same in a fresh interpreter, whatever numpy's state.
+  np.random.seed(123)
+  examples = list(range(40))
+  _, dev, _ = holdout.hold_out(examples, 0.25, seed=7)
+  assert dev == holdout.hold_out(examples, 0.25, seed=7)[1] and len(dev) == 10
+  assert dev == sorted(dev) and dev != list(range(10))  # file order kept, positions shuffled
+
+
+def test_dev_fraction_tagging_and_errors(tmp_path):
+  sentences = '\n\n'.join(f'Word{i}\tB-X\nrest\tO' for i in range(20))
+  write(tmp_path / 'conll' / 'train.txt', sentences + '\n')
+  task = load_task(task_config(format='conll', data_dir=str(tmp_path / 'conll'),
+                               dev_fraction=0.2))
+  assert (len(task.splits['train']), len(task.splits['dev'])) == (16, 4)
+  with_dev = labelled_dir(tmp_path / 'with_dev', {'a': 3, 'b': 3})
+  write(tmp_path / 'with_dev' / 'dev.tsv', 'sentence\tlabel\nx\ta\n')
+  with pytest.raises(readers.TaskDataError, match='has a dev split.*set it to 0'):
+    load_task(task_config(format='tsv', data_dir=with_dev, dev_fraction=0.1))
+  with pytest.raises(ValueError, match='dev_fraction=1.5 must be between 0 and 1'):
+    load_task(task_config(format='tsv', data_dir=labelled_dir(tmp_path / 'x', {'a': 3, 'b': 3}),
+                          dev_fraction=1.5))
+  with pytest.raises(readers.TaskDataError, match='too few to hold out'):
+    load_task(task_config(format='tsv', data_dir=labelled_dir(tmp_path / 'y', {'a': 2, 'b': 2}),
+                          dev_fraction=0.1))
 
 
 # --- input transformations

@@ -28,10 +28,19 @@ GPT2_END_OF_TEXT = '<|endoftext|>'
 
 
 class HFTokenizer:
-  """A `tokenizers.Tokenizer` with named special ids; encode() adds no special tokens."""
+  """A `tokenizers.Tokenizer` with named special ids; encode() adds no special tokens.
+
+  The file's post-processor (BERT's `[CLS] A [SEP]` template) is kept for export but never
+  applied: encode() passes add_special_tokens=False, since InputStyle.pack adds them once.
+  """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, **specials: str | None):
     """specials: pad/unk/bos/eos/cls/sep/mask -> the token's string (or None: absent)."""
+    # Published tokenizer.json files often pad and truncate every encoding to a fixed length
+    # (e.g. 128 for sentence-transformers); the task encoder owns packing and truncation, and
+    # encodes one word or one segment at a time, so both are switched off here.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     self._tok = tokenizer
     self._specials = {k: v for k, v in specials.items() if v is not None}
 

@@ -8,6 +8,7 @@ Everything is read from the config, so a new data set in a supported format need
   --config.task.format=conll --config.task.train=a.txt --config.task.dev=b.txt
   --config.task.format=squad --config.task.data_dir=DIR          (train-v1.1.json, dev-v1.1.json)
   --config.task.type=seq2seq --config.task.source_column=old --config.task.target_column=new
+  --config.task.dev_fraction=0.1          (no dev file: hold out 10% of train as dev)
 
 Task types: classification, regression, tagging, span (extractive QA), multiple_choice, seq2seq
 (text -> text from a headed TSV/CSV/JSONL; scored by BLEU, chrF and exact match). The
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from research.tasks import glue, metrics as metrics_lib, readers, squad
+from research.tasks import glue, holdout, metrics as metrics_lib, readers, squad
 from research.tasks.readers import Example, TaskDataError
 
 TASK_TYPES = ('classification', 'regression', 'tagging', 'span', 'multiple_choice', 'seq2seq')
@@ -57,6 +58,7 @@ class Task:
   metrics: tuple[str, ...]  # the first is the headline number
   symmetric: bool  # sentence pairs without order (GPT-1 Sec 3.3 "Similarity")
   splits: dict[str, list[Example]]  # 'train', 'dev', optional 'test', 'dev_mismatched', ...
+  dev_split: holdout.DevSplit | None = None  # set when dev was held out of train
 
   @property
   def num_outputs(self) -> int:
@@ -118,11 +120,13 @@ def _find_files(cfg) -> dict[str, str]:
       if found:
         files[split] = found
   for split in ('train', 'dev'):
-    if split not in files:
+    if split not in files and not (split == 'dev' and cfg.dev_fraction):
       where = (f'{cfg.data_dir}/{split}{{{",".join(_SUFFIXES[cfg.format])}}}[.gz]'
                if cfg.data_dir else f'--config.task.{split}')
+      fix = (' or --config.task.dev_fraction=0.1 (hold out 10% of train as dev)'
+             if split == 'dev' else '')
       raise TaskDataError(f'no {split} file for task format {cfg.format!r}: looked for {where}; '
-                          f'set --config.task.data_dir or --config.task.{split}=PATH')
+                          f'set --config.task.data_dir or --config.task.{split}=PATH{fix}')
   for path in files.values():
     if not os.path.exists(path):
       raise FileNotFoundError(f'task file {path} does not exist')
@@ -190,6 +194,17 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
   if task_type == 'classification' and unknown:
     raise TaskDataError(f'training labels {sorted(unknown)} are not in --config.task.labels='
                         f'{",".join(labels)}')
+  dev_split = None
+  if cfg.dev_fraction:  # labels were resolved from the whole of train, before the split
+    if 'dev' in splits:
+      raise TaskDataError('the task has a dev split; --config.task.dev_fraction holds one out '
+                          'of train only when there is none: set it to 0')
+    stratify = task_type in ('classification', 'multiple_choice')
+    examples = splits.pop('train')
+    train, dev, dev_split = holdout.hold_out(
+        examples, cfg.dev_fraction, cfg.dev_seed,
+        labels=[e.label for e in examples] if stratify else None)
+    splits = {'train': train, 'dev': dev, **splits}
   task_metrics = _split_list(cfg.metrics) or default_metrics
   bad = [m for m in task_metrics if m not in _ALLOWED_METRICS[task_type]]
   if bad:
@@ -199,4 +214,5 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
     splits['train'] = splits['train'][:cfg.train_limit]
   if cfg.eval_limit:
     splits = {k: v if k == 'train' else v[:cfg.eval_limit] for k, v in splits.items()}
-  return Task(cfg.name or cfg.format, task_type, labels, task_metrics, symmetric, splits)
+  return Task(cfg.name or cfg.format, task_type, labels, task_metrics, symmetric, splits,
+              dev_split)
