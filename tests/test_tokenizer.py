@@ -89,8 +89,8 @@ def test_load_or_train_trains_when_absent(texts, tmp_path):
     return texts[:300]
 
   path = tmp_path / 'sub' / 'tokenizer.model'
-  tok = tokenizer_lib.load_or_train(path, texts_fn, 300, 'unigram', 200_000)
-  assert calls == [1] and path.exists() and tok.vocab_size == 300
+  tok = tokenizer_lib.load_or_train(path, texts_fn, 400, 'unigram', 200_000)
+  assert calls == [1] and path.exists() and tok.vocab_size == 400
 
 
 def test_vocab_size_mismatch_is_a_one_line_error(model_path):

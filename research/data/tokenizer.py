@@ -134,6 +134,10 @@ def train_tokenizer(texts: Iterable[str], path: str | os.PathLike,
         # Keep every character seen in training (Austen has '£'); the 0.9995
         # default is tuned for CJK scripts and maps rare letters to <unk>.
         character_coverage=1.0,
+        # Characters never seen in training become their UTF-8 bytes (256
+        # <0xXX> pieces) instead of <unk>, so any text round-trips: a
+        # generated “modern” quote must be writable by an Austen tokenizer.
+        byte_fallback=True,
         input_sentence_size=max_sentences,
         shuffle_input_sentence=True,
         # Lines are paragraphs, some over the 4192-byte default, which
@@ -142,6 +146,12 @@ def train_tokenizer(texts: Iterable[str], path: str | os.PathLike,
         num_threads=_TRAIN_THREADS,
         minloglevel=2)
   except RuntimeError as e:
+    too_small = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
+    if too_small:
+      raise ValueError(
+          f'a vocabulary of {vocab_size} pieces cannot hold the {too_small.group(1)} it'
+          ' needs (the 7 specials, 256 byte pieces and every character of the corpus);'
+          f' set --config.data.tokenizer.vocab_size >= {too_small.group(1)}.') from None
     if 'Vocabulary size too high' not in str(e):
       raise
     limit = re.search(r'<= (\d+)', str(e))
