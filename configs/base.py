@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.init_std = P(float)
   c.model.scaled_residual_init = P(bool)  # GPT-2: residual projections init std / sqrt(2 layers)
   c.model.local_window = P(int)     # >0: GPT-3 alternating dense / locally banded attention
+  c.model.two_stream = P(bool)      # XLNet: the encoder also runs the query stream (objective plm)
   c.model.dtype = P(str)            # compute dtype ('bfloat16' on accelerators); params stay fp32
   c.model.remat = P(bool)           # recompute blocks in the backward pass to save memory
 
@@ -66,12 +67,13 @@ def get_config() -> ml_collections.ConfigDict:
   # --- objective (a pure batch transform, research/objectives/)
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'mlm_nsp'      # 'mlm_nsp' | 'mlm' (no NSP) | 'clm' (left-to-right LM) |
-                                    # 'span_corruption' (T5) | 'denoising' (BART)
+                                    # 'unilm' | 'plm' (XLNet) | 'span_corruption' (T5) | 'denoising' (BART)
   c.objective.mask_prob = 0.15      # BERT Sec 3.1: 15% of tokens are predicted ...
   c.objective.mask_token_prob = 0.8  # ... 80% of them replaced by [MASK],
   c.objective.random_token_prob = 0.1  # 10% by a random token, 10% left unchanged
   c.objective.max_predictions_per_seq = 20  # google-research/bert default for 128 tokens
   c.objective.short_seq_prob = 0.1  # BERT: 10% of examples use a shorter target length
+  c.objective.partial_prediction = 6  # XLNet (plm): predict the last 1/K of each factorization order
   # T5 span corruption (Raffel et al. 2020, Sec 3.1.4): spans of ~3 tokens, 15% of the text,
   # each replaced by one of num_sentinels ids reserved above the tokenizer's vocabulary.
   c.objective.noise_density = 0.15

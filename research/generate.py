@@ -48,6 +48,8 @@ class Decoding:
   length_penalty: float = 0.6  # GNMT alpha (Wu et al. 2016 Eq. 14); 0 ranks beams by log-prob
   stop_ids: tuple[int, ...] = ()  # a row ends at the first of these (usually the EOS id)
   seed: int = 0
+  # A decoder reads its prompt bidirectionally, as a prefix LM's prefix (objectives/prefix_lm.py).
+  bidirectional_prompt: bool = False
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -111,11 +113,13 @@ def right_pad(sources: Sequence[Sequence[int]], length: int, pad_id: int):
   return ids, mask
 
 
-def prefill(model, params, inputs: dict, cache_len: int):
+def prefill(model, params, inputs: dict, cache_len: int, bidirectional_prompt: bool = False):
   """The model's prefill of `inputs` (see `_prepare`) into a fresh cache of cache_len slots:
   (logits of the next token [batch, vocab] float32, cache, lengths [batch]); a row's next
   token takes position `lengths` (its own count, not the slot)."""
-  return model.apply({'params': params}, **inputs, cache_len=cache_len, method='prefill')
+  options = {'bidirectional_prompt': True} if bidirectional_prompt else {}
+  return model.apply({'params': params}, **inputs, cache_len=cache_len, **options,
+                     method='prefill')
 
 
 def decode_step(model, params, tokens, positions, cache, slot):
@@ -142,9 +146,11 @@ def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, nucleus
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'prompt_len', 'greedy',
-                                             'top_k', 'nucleus', 'return_logits'))
+                                             'top_k', 'nucleus', 'return_logits',
+                                             'bidirectional_prompt'))
 def _sample_loop(model, params, inputs, max_new, stop_ids, temperature, top_p, seed, *,
-                 cache_len, prompt_len, greedy, top_k, nucleus, return_logits):
+                 cache_len, prompt_len, greedy, top_k, nucleus, return_logits,
+                 bidirectional_prompt=False):
   """Greedy or sampled decoding; returns (tokens [batch, budget], logits or None).
   prompt_len: cache slots the prefill fills (the prompt bucket; 1 for an encoder-decoder)."""
   batch = jax.tree.leaves(inputs)[0].shape[0]
@@ -152,7 +158,7 @@ def _sample_loop(model, params, inputs, max_new, stop_ids, temperature, top_p, s
   rng = jax.random.key(seed)
   pick = functools.partial(choose, temperature=temperature, top_p=top_p, greedy=greedy,
                            top_k=top_k, nucleus=nucleus)
-  logits, cache, lengths = prefill(model, params, inputs, cache_len)
+  logits, cache, lengths = prefill(model, params, inputs, cache_len, bidirectional_prompt)
   token = pick(logits, jax.random.fold_in(rng, 0))
   tokens = jnp.zeros((batch, budget), jnp.int32).at[:, 0].set(token)
   seen = None
@@ -184,9 +190,10 @@ def gnmt_length_penalty(length, alpha):
   return ((5.0 + length) / 6.0) ** alpha
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'prompt_len', 'num_beams'))
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'prompt_len', 'num_beams',
+                                             'bidirectional_prompt'))
 def _beam_loop(model, params, inputs, max_new, stop_ids, alpha, *, cache_len, prompt_len,
-               num_beams):
+               num_beams, bidirectional_prompt=False):
   """Beam search (Sutskever et al. 2014; Wu et al. 2016 Sec 7) with K = num_beams beams.
 
   Keeps K live hypotheses and the K best finished ones per prompt. Each step takes the 2K
@@ -197,7 +204,7 @@ def _beam_loop(model, params, inputs, max_new, stop_ids, alpha, *, cache_len, pr
   batch = jax.tree.leaves(inputs)[0].shape[0]
   k = num_beams
   budget = cache_len - prompt_len
-  logits, cache, lengths = prefill(model, params, inputs, cache_len)
+  logits, cache, lengths = prefill(model, params, inputs, cache_len, bidirectional_prompt)
   vocab = logits.shape[-1]
   # Every beam of a prompt starts from the same prefix: copy the prompt's cache K times.
   beams_of = lambda x: jnp.repeat(x, k, axis=0)  # [batch, ...] -> [batch * k, ...]
@@ -253,15 +260,14 @@ def _prepare(model, prompts: Sequence[Sequence[int]], decoding: Decoding, pad_id
   """(prefill inputs, stop ids, prompt_len, cache_len) of token-id prompts.
 
   A decoder continues its prompts (left-padded to a power-of-two bucket); an encoder-decoder
-  encodes them as sources (right-padded to a bucket) and starts its decoder at `start_id`.
+  encodes them as sources (right-padded to a bucket) and starts its decoder at `start_id`;
+  an encoder (UniLM's seq2seq mask) reads them as sources and predicts each next token at a
+  `start_id` ([MASK]) placed after the text so far.
   """
   if not prompts or min(map(len, prompts)) < 1:
     raise ValueError('empty prompt: give every row at least one token (the text helpers start '
                      'each prompt with the end-of-text token)')
   cfg = model.cfg
-  if not cfg.has_decoder:
-    raise ValueError(f'a model of arch {cfg.arch!r} cannot generate text; use a decoder or '
-                     'an encoder_decoder')
   longest = max(len(p) for p in prompts)
   if cfg.arch == 'encoder_decoder':
     if start_id is None:
@@ -277,6 +283,10 @@ def _prepare(model, prompts: Sequence[Sequence[int]], decoding: Decoding, pad_id
     prompt_len, cache_len = plan_lengths(longest, decoding.max_new_tokens, cfg.max_len)
     ids, mask = left_pad(prompts, prompt_len, pad_id)
     inputs = {'ids': ids, 'mask': mask}
+    if cfg.arch == 'encoder':  # UniLM-style: each next token is predicted at a [MASK]
+      if start_id is None:
+        raise ValueError('an encoder generates by predicting a [MASK]: pass its id as start_id')
+      inputs['start_ids'] = np.full(len(prompts), start_id, np.int32)
   # A fixed-size array (-1 matches no token), so adding an EOS does not recompile the loop.
   stop_ids = np.full(_MAX_STOP_IDS, -1, np.int32)
   stop_ids[:len(decoding.stop_ids)] = decoding.stop_ids
@@ -289,7 +299,8 @@ def beam_search(model, params, prompts: Sequence[Sequence[int]], decoding: Decod
   inputs, stop_ids, prompt_len, cache_len = _prepare(model, prompts, decoding, pad_id, start_id)
   tokens, scores = _beam_loop(model, params, inputs, decoding.max_new_tokens, stop_ids,
                               decoding.length_penalty, cache_len=cache_len,
-                              prompt_len=prompt_len, num_beams=decoding.num_beams)
+                              prompt_len=prompt_len, num_beams=decoding.num_beams,
+                              bidirectional_prompt=decoding.bidirectional_prompt)
   return Generation(np.asarray(tokens), scores=np.asarray(scores))
 
 
@@ -306,7 +317,8 @@ def decode(model, params, prompts: Sequence[Sequence[int]], decoding: Decoding, 
       model, params, inputs, decoding.max_new_tokens, stop_ids,
       decoding.temperature, decoding.top_p, decoding.seed, cache_len=cache_len,
       prompt_len=prompt_len, greedy=decoding.temperature == 0, top_k=decoding.top_k,
-      nucleus=decoding.top_p < 1, return_logits=return_logits)
+      nucleus=decoding.top_p < 1, return_logits=return_logits,
+      bidirectional_prompt=decoding.bidirectional_prompt)
   logits = None if logits is None else np.asarray(logits)[:, :decoding.max_new_tokens]
   return Generation(np.asarray(tokens), logits=logits)
 

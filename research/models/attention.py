@@ -87,7 +87,9 @@ class MultiHeadAttention(nn.Module):
     if bias is not None:
       logits = logits + bias
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
+    # A query that may see no key (XLNet's first token in the order; a left-padding slot)
+    # attends to nothing, rather than uniformly to every masked key.
+    weights = jax.nn.softmax(logits, axis=-1) * mask.any(-1, keepdims=True)
     dropped = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkd->bqhd', dropped.astype(dtype), v)  # [batch, q_len, heads, head_dim]
     out = nn.DenseGeneral(

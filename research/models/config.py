@@ -69,6 +69,9 @@ class ModelConfig:
   # GPT-3 Sec 2.1: "alternating dense and locally banded sparse attention patterns".
   # 0 = all layers dense; w > 0 = odd layers attend only to the previous w positions.
   local_window: int = 0
+  # XLNet (Yang et al. 2019, Sec 2.3): an encoder that can also run the query stream (a
+  # learned start vector, attending strictly earlier tokens of a factorization order).
+  two_stream: bool = False
   dtype: str = 'float32'  # compute dtype; parameters stay float32
   remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
 
@@ -113,10 +116,6 @@ class ModelConfig:
   def has_encoder(self) -> bool:
     return self.arch in ('encoder', 'encoder_decoder')
 
-  @property
-  def has_decoder(self) -> bool:
-    """Can generate text (a causal stack with an LM head)."""
-    return self.arch in ('decoder', 'encoder_decoder')
 
   def is_local_layer(self, layer: int) -> bool:
     return self.local_window > 0 and layer % 2 == 1
@@ -145,5 +144,8 @@ class ModelConfig:
     if self.local_window and self.arch != 'decoder':
       raise ValueError('--config.model.local_window (GPT-3 banded attention) needs '
                        "arch='decoder'")
+    if self.two_stream and (self.arch != 'encoder' or self.position != 'learned'):
+      raise ValueError('--config.model.two_stream (XLNet) needs an encoder with learned '
+                       'positions')
     if self.scale_tied_output and not self.tie_output:
       raise ValueError('--config.model.scale_tied_output needs tie_output=True')

@@ -29,6 +29,7 @@ class StackOutput:
   hidden_states: tuple[jax.Array, ...] | None = None
   attentions: tuple[jax.Array, ...] | None = None
   cache: Any = None  # list of per-layer {'self': {'k', 'v'}[, 'cross': {'k', 'v'}]}
+  query: jax.Array | None = None  # XLNet's query stream output [batch, q, d_model]
 
 
 class Block(nn.Module):
@@ -45,30 +46,37 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, data: dict, deterministic: bool, cache=None, cache_index=None):
     """x [batch, length, d_model]; data: 'mask' [batch, 1, q, k], optional 'bias'
-    [1|batch, heads, q, k], and for cross blocks 'memory' [batch, m, d_model] (None when
-    decoding from the cache) with 'memory_mask' [batch, 1, q, m]."""
+    [1|batch, heads, q, k], optional 'kv' [batch, k, d_model] the stream self-attention
+    reads keys and values from (default x itself; XLNet's query stream reads the content
+    stream), and for cross blocks 'memory' [batch, m, d_model] (None when decoding from the
+    cache) with 'memory_mask' [batch, 1, q, m]."""
     cfg = self.cfg
     std = residual_init_std(cfg, self.num_layers)
     drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
     def residual(x, name, sublayer):
+      ln = norm(cfg, f'ln_{name}')
       if cfg.pre_ln:
-        return x + drop(sublayer(norm(cfg, f'ln_{name}')(x)))
-      return norm(cfg, f'ln_{name}')(x + drop(sublayer(x)))
+        return x + drop(sublayer(ln(x), ln))
+      return ln(x + drop(sublayer(x, ln)))
 
     new_cache = None if cache is None else {}
     weights = None
 
-    def self_attention(h):
+    def self_attention(h, ln):
       nonlocal weights
+      # XLNet's query stream attends over the content stream `kv` (normalised as queries are).
+      kv = data.get('kv')
+      if kv is not None and cfg.pre_ln:
+        kv = ln(kv)
       out, weights, layer_cache = MultiHeadAttention(cfg, std, name='attention')(
-          h, mask=data['mask'], bias=data.get('bias'), deterministic=deterministic,
+          h, kv, mask=data['mask'], bias=data.get('bias'), deterministic=deterministic,
           cache=None if cache is None else cache['self'], cache_index=cache_index)
       if cache is not None:
         new_cache['self'] = layer_cache
       return out
 
-    def cross_attention(h):
+    def cross_attention(h, _):
       memory = data.get('memory')
       cached = None if cache is None or memory is not None else cache['cross']
       out, _, kv = MultiHeadAttention(cfg, std, name='cross_attention')(
@@ -80,7 +88,7 @@ class Block(nn.Module):
     x = residual(x, 'attention', self_attention)
     if self.cross:
       x = residual(x, 'cross', cross_attention)
-    x = residual(x, 'mlp', lambda h: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
+    x = residual(x, 'mlp', lambda h, _: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
     return x, weights, new_cache
 
 
@@ -99,8 +107,11 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, x, masks, *, positions=None, memory=None, memory_mask=None,
-               deterministic: bool, cache=None, cache_index=None,
+               query=None, query_mask=None, deterministic: bool, cache=None, cache_index=None,
                return_intermediates: bool = False) -> StackOutput:
+    """query [batch, q, d_model], query_mask [batch, 1, q, k]: XLNet's query stream (Yang et
+    al. 2019, Sec 2.3, Eq. 4), run through every layer's same Block on `query` with keys and
+    values from the content stream x of that layer's input; returned as `query`."""
     cfg = self.cfg
     bias = None
     if cfg.position == 'relative':
@@ -118,15 +129,19 @@ class Stack(nn.Module):
       if self.cross:
         data.update(memory=memory, memory_mask=memory_mask)
       layer_cache = None if cache is None else cache[i]
-      x, weights, layer_cache = block_cls(cfg, self.cross, self.num_layers, name=f'layer_{i}')(
-          x, data, deterministic, layer_cache, cache_index)
+      block = block_cls(cfg, self.cross, self.num_layers, name=f'layer_{i}')
+      if query is not None:  # shares the block's weights; reads the layer's content input
+        query, _, _ = block(query, {**data, 'mask': query_mask, 'kv': x}, deterministic)
+      x, weights, layer_cache = block(x, data, deterministic, layer_cache, cache_index)
       attentions.append(weights)
       new_cache.append(layer_cache)
     if cfg.final_ln:
-      x = norm(cfg, 'final_ln')(x)
+      final_ln = norm(cfg, 'final_ln')
+      x = final_ln(x)
+      query = None if query is None else final_ln(query)
     cache_out = None if cache is None else new_cache
     if not return_intermediates:
-      return StackOutput(hidden=x, cache=cache_out)
+      return StackOutput(hidden=x, cache=cache_out, query=query)
     hidden_states.append(x)
     return StackOutput(hidden=x, hidden_states=tuple(hidden_states), attentions=tuple(attentions),
-                       cache=cache_out)
+                       cache=cache_out, query=query)

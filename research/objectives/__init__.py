@@ -1,7 +1,10 @@
 """The pretraining objectives, by name (`--config.objective.name`).
 
   mlm_nsp / mlm      BERT: masked LM (+ next-sentence prediction)    arch encoder
+  unilm              UniLM: MLM under 4 masks in one batch           arch encoder
+  plm                XLNet: permutation LM, two-stream attention      arch encoder (two_stream)
   clm                GPT: left-to-right LM on packed text             arch decoder
+  prefix_lm          T5's prefix LM: bidirectional prefix, causal rest arch decoder
   span_corruption    T5: sentinel-replaced spans -> the spans         arch encoder_decoder
   denoising          BART: noised document -> the document            arch encoder_decoder
 
@@ -13,9 +16,12 @@ from __future__ import annotations
 from research.objectives.base import Objective
 from research.objectives.clm import CausalLM
 from research.objectives.mlm import MaskedLM
+from research.objectives.plm import PermutationLM
+from research.objectives.prefix_lm import PrefixLM
 from research.objectives.seq2seq import Denoising, SpanCorruption
+from research.objectives.unilm import UniLM
 
-NAMES = ('mlm_nsp', 'mlm', 'clm', 'span_corruption', 'denoising')
+NAMES = ('mlm_nsp', 'mlm', 'unilm', 'plm', 'clm', 'prefix_lm', 'span_corruption', 'denoising')
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -29,8 +35,16 @@ def from_config(objective_cfg, decoder_start: str = 'pad') -> Objective:
     return MaskedLM(nsp=c.name == 'mlm_nsp', mask_prob=c.mask_prob,
                     mask_token_prob=c.mask_token_prob, random_token_prob=c.random_token_prob,
                     max_predictions=c.max_predictions_per_seq, short_seq_prob=c.short_seq_prob)
+  if c.name == 'unilm':
+    return UniLM(mask_prob=c.mask_prob, mask_token_prob=c.mask_token_prob,
+                 random_token_prob=c.random_token_prob,
+                 max_predictions=c.max_predictions_per_seq, short_seq_prob=c.short_seq_prob)
+  if c.name == 'plm':
+    return PermutationLM(partial_prediction=c.partial_prediction)
   if c.name == 'clm':
     return CausalLM()
+  if c.name == 'prefix_lm':
+    return PrefixLM()
   if c.name == 'span_corruption':
     return SpanCorruption(noise_density=c.noise_density,
                           mean_noise_span_length=c.mean_noise_span_length,

@@ -145,14 +145,19 @@ class MaskedLM(base.Objective):
   def vocab_positions(self, seq_len):
     return min(self.max_predictions, seq_len)
 
+  def mask_inputs(self, batch) -> dict:
+    """Encoder mask arguments from the batch (BERT: none, the full mask)."""
+    return {}
+
   def terms(self, model, params, batch, rng):
     # Gather the predicted positions (weight 1 sorts first; top_k is stable) so the
     # vocab-sized projection runs on max_predictions rows instead of every token.
-    k = min(self.max_predictions, batch['mlm_weights'].shape[1])
+    k = self.vocab_positions(batch['mlm_weights'].shape[1])
     _, positions = jax.lax.top_k(batch['mlm_weights'], k)  # [batch, k]
     take = lambda x: jnp.take_along_axis(x, positions, axis=1)
     out = base.apply(model, params, batch['input_ids'], batch['segment_ids'],
-                     batch['attention_mask'], mlm_positions=positions, rng=rng)
+                     batch['attention_mask'], mlm_positions=positions, rng=rng,
+                     **self.mask_inputs(batch))
     terms = base.token_terms('mlm_', out['mlm_logits'], take(batch['mlm_targets']),
                              take(batch['mlm_weights']))
     if self.nsp:
