@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from research import convert, generate
-from research.convert import bert, gpt2, hf_checkpoint
+from research import convert, generate, loading, models
+from research.convert import bart, bert, gpt2, hf_checkpoint, t5
+from research.convert.hf_tokenizer import HFTokenizer
 from research.data.tokenizer import Tokenizer
 from research.models.decoder import Decoder
 from research.models.encoder import EncoderLM
+from research.objectives import seq2seq
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 BERT_DIR = os.path.join(FIXTURES, 'hf_bert_tiny')
@@ -254,3 +256,267 @@ def test_hf_tokenizer_has_the_sentencepiece_interface():
   for name in ('pad_id', 'unk_id', 'bos_id', 'eos_id', 'cls_id', 'sep_id', 'mask_id',
                'vocab_size', 'special_ids', 'encode', 'encode_batch', 'decode', 'id_to_piece'):
     assert hasattr(Tokenizer, name) and hasattr(tok, name), name
+
+
+# --- Encoder-decoders: T5 v1.0, T5.1.1, BART -------------------------------------------------
+
+T5_DIR = os.path.join(FIXTURES, 'hf_t5_tiny')  # tied, rescaled output; ReLU
+T5V11_DIR = os.path.join(FIXTURES, 'hf_t5v11_tiny')  # GeGLU, untied lm_head, 3 decoder layers
+BART_DIR = os.path.join(FIXTURES, 'hf_bart_tiny')
+SEQ2SEQ = [(t5, T5_DIR), (t5, T5V11_DIR), (bart, BART_DIR)]
+SEQ2SEQ_IDS = ['t5', 't5v11', 'bart']
+
+
+@pytest.mark.parametrize('module,directory', SEQ2SEQ, ids=SEQ2SEQ_IDS)
+def test_seq2seq_matches_transformers(module, directory):
+  """Every encoder and decoder hidden state and the logits, with padded sources and targets."""
+  imported = module.load(directory)
+  ref = np.load(os.path.join(directory, 'reference.npz'))
+  apply = functools.partial(models.build(imported.cfg).apply, return_intermediates=True)
+  out = jax.jit(apply)({'params': imported.params}, ref['input_ids'], ref['decoder_input_ids'],
+                       ref['attention_mask'], ref['decoder_mask'])
+  diffs = {'encoder_hidden_states': max_diff(jnp.stack(out.encoder.hidden_states),
+                                             ref['encoder_hidden_states']),
+           'decoder_hidden_states': max_diff(jnp.stack(out.decoder.hidden_states),
+                                             ref['decoder_hidden_states']),
+           'logits': max_diff(out.logits, ref['logits'])}
+  print(f'{os.path.basename(directory)} max |ours - transformers|:', diffs)
+  assert max(diffs.values()) <= TOLERANCE, diffs
+
+
+def test_seq2seq_configs_read_from_the_checkpoint():
+  v10, v11, bart_cfg = (module.load(d).cfg for module, d in SEQ2SEQ)
+  assert (v10.mlp, v10.activation, v10.tie_output, v10.scale_tied_output) == (
+      'dense', 'relu', True, True)
+  assert (v11.mlp, v11.activation, v11.tie_output, v11.scale_tied_output) == (
+      'gated', 'gelu_tanh', False, False)
+  assert (v11.head_dim, v11.num_layers, v11.decoder_layers, v11.relative_buckets,
+          v11.relative_max_distance) == (16, 2, 3, 8, 16)
+  assert v10.decoder_start == v11.decoder_start == 'pad' and v10.vocab_size == 320
+  assert (bart_cfg.decoder_start, bart_cfg.max_len, bart_cfg.position, bart_cfg.embed_ln) == (
+      'eos', 64, 'learned', True)
+
+
+@pytest.mark.parametrize('directory,files', [
+    (T5_DIR, ('tokenizer.json',)), (T5_DIR, ('spiece.model',)),
+    (T5V11_DIR, ('spiece.model',)),  # no NFKC table: the plain-whitespace path
+    (BART_DIR, ('tokenizer.json',)), (BART_DIR, ('vocab.json', 'merges.txt'))])
+def test_seq2seq_tokenizer_matches_transformers(directory, files, tmp_path):
+  """Sentinels, <mask>, accents, runs of spaces, tabs: transformers' ids and decoded text."""
+  tok = convert.load(only(directory, tmp_path / 'copy', *files)).tokenizer
+  ref = np.load(os.path.join(directory, 'reference.npz'))
+  for text, ids, decoded in zip(ref['sample_texts'], ref['sample_ids'], ref['sample_decoded']):
+    ids = [int(i) for i in ids if i >= 0]
+    assert tok.encode(str(text)) == ids
+    assert tok.decode(ids) == decoded
+  if directory == BART_DIR:
+    assert (tok.bos_id, tok.pad_id, tok.eos_id, tok.unk_id, tok.mask_id, tok.cls_id,
+            tok.sep_id) == (0, 1, 2, 3, 4, 0, 2)
+  else:  # T5: no bos/cls/sep/mask; <extra_id_0> is the last of the 100 sentinels
+    assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.bos_id, tok.mask_id) == (0, 1, 2, None, None)
+    assert tok.encode('<extra_id_0>') == [tok.vocab_size - 1]
+    assert tok.encode('<extra_id_99>') == [tok.vocab_size - 100]
+
+
+def test_spiece_model_with_byte_fallback_encodes_as_sentencepiece(tmp_path):
+  """A SentencePiece model with byte fallback (characters it never saw become <0x..> byte
+  pieces): the same ids as SentencePiece itself, and decoding restores the text."""
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  lines = [f'{w} and {w}, said Mr. Bennet.' for w in ('Elizabeth', 'Jane', 'Lydia', 'Kitty')]
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines * 20), model_prefix=str(tmp_path / 'spiece'), vocab_size=300,
+      hard_vocab_limit=False, model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      byte_fallback=True, minloglevel=2)
+  processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / 'spiece.model'))
+  tok = HFTokenizer.load_sentencepiece(str(tmp_path))
+  text = '“Elizabeth” — Jane, Zoë  and Kitty'
+  assert tok.encode(text) == processor.encode(text)
+  assert any(processor.id_to_piece(i).startswith('<0x') for i in processor.encode(text))
+  assert tok.decode(tok.encode(text)) == processor.decode(processor.encode(text)) == (
+      '“Elizabeth” — Jane, Zoë and Kitty')
+
+
+@pytest.mark.parametrize('directory', [T5_DIR, BART_DIR], ids=['t5', 'bart'])
+def test_seq2seq_tokenizer_survives_save_and_load_saved(directory, tmp_path):
+  """What fine-tuning keeps in a workdir's hf_tokenizer/ encodes, decodes and names specials
+  as the imported vocabulary does."""
+  tok = convert.load(directory).tokenizer
+  tok.save(str(tmp_path))
+  again = HFTokenizer.load_saved(str(tmp_path))
+  ref = np.load(os.path.join(directory, 'reference.npz'))
+  for text in ref['sample_texts']:
+    assert again.encode(str(text)) == tok.encode(str(text))
+    assert again.decode(tok.encode(str(text))) == tok.decode(tok.encode(str(text)))
+  names = ('pad_id', 'unk_id', 'bos_id', 'eos_id', 'cls_id', 'sep_id', 'mask_id', 'vocab_size',
+           'special_ids')
+  assert [getattr(again, n) for n in names] == [getattr(tok, n) for n in names]
+
+
+@pytest.mark.parametrize('module,directory', SEQ2SEQ, ids=SEQ2SEQ_IDS)
+def test_seq2seq_export_import_round_trip_is_exact(module, directory, tmp_path):
+  imported = module.load(directory)
+  module.save(str(tmp_path), imported.cfg, imported.params, imported.tokenizer)
+  # transformers' own tensors, bit for bit, under the same names (the fixtures' unused BART
+  # position rows are zeros, as export writes them) ...
+  original, exported = (load_file(os.path.join(d, 'model.safetensors'))
+                        for d in (directory, tmp_path))
+  assert sorted(original) == sorted(exported)
+  for name, value in original.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  # ... and back to the same config, params and vocabulary.
+  again = convert.load(str(tmp_path))
+  assert again.cfg == imported.cfg
+  jax.tree.map(np.testing.assert_array_equal, again.params, imported.params)
+  text = 'Mr. Bennet was so odd a mixture of quick parts. <extra_id_3>'
+  assert again.tokenizer.encode(text) == imported.tokenizer.encode(text)
+
+
+@pytest.mark.parametrize('module,directory', SEQ2SEQ, ids=SEQ2SEQ_IDS)
+def test_our_trained_seq2seq_params_round_trip(module, directory, tmp_path):
+  """Params this codebase made survive export -> import (BART's position table included)."""
+  imported = module.load(directory)
+  params = jax.jit(lambda: nn.meta.unbox(
+      models.init_params(models.build(imported.cfg), jax.random.key(7))))()
+  module.save(str(tmp_path), imported.cfg, params, imported.tokenizer)
+  again = module.load(str(tmp_path))
+  assert again.cfg == imported.cfg
+  jax.tree.map(np.testing.assert_array_equal, again.params, jax.tree.map(np.asarray, params))
+
+
+def test_tied_unrescaled_t5_round_trips(tmp_path):
+  """A tied output layer without T5's rescale (transformers 5's `scale_decoder_outputs`
+  false) is exported as an lm_head equal to the embeddings and imported back as tied."""
+  imported = t5.load(T5_DIR)
+  cfg = imported.cfg.replace(scale_tied_output=False)
+  t5.save(str(tmp_path), cfg, imported.params, imported.tokenizer)
+  weights = load_file(os.path.join(tmp_path, 'model.safetensors'))
+  np.testing.assert_array_equal(weights['lm_head.weight'], weights['shared.weight'])
+  assert t5.load(str(tmp_path)).cfg == cfg
+
+
+@pytest.mark.parametrize('module,directory', SEQ2SEQ, ids=SEQ2SEQ_IDS)
+def test_imported_seq2seq_generates_like_transformers(module, directory):
+  """Cached greedy decoding (encoder once, cross-attention keys cached) writes the tokens that
+  transformers' repeated full forward passes chose, from sources framed as its tokenizer does."""
+  imported = module.load(directory)
+  tok, cfg = imported.tokenizer, imported.cfg
+  ref = np.load(os.path.join(directory, 'reference.npz'))
+  model = models.build(cfg)
+  sources = [seq2seq.frame(tok, tok.encode(str(t)), cfg.decoder_start) for t in ref['source_texts']]
+  assert sources == [list(ids[mask == 1]) for ids, mask in zip(ref['input_ids'],
+                                                                ref['attention_mask'])]
+  steps = ref['greedy_ids'].shape[1]
+  new = generate.generate(model, imported.params, sources, max_new_tokens=steps,
+                          pad_id=tok.pad_id, start_id=seq2seq.start_id(tok, cfg.decoder_start))
+  assert new == ref['greedy_ids'].tolist()
+  texts = generate.generate_text(model, imported.params, tok, list(map(str, ref['source_texts'])),
+                                 max_new_tokens=steps)
+  assert texts == [tok.decode(generate.cut_at_stop(row, [tok.eos_id], steps))
+                   for row in ref['greedy_ids']]
+
+
+@pytest.mark.parametrize('directory', [T5_DIR, BART_DIR], ids=['t5', 'bart'])
+def test_load_params_reads_seq2seq_hf_directories(directory):
+  loaded = loading.load_params(directory)
+  imported = convert.load(directory)
+  assert loaded.cfg == imported.cfg and loaded.step == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.params),
+               imported.params)
+  assert loaded.tokenizer.encode('Elizabeth') == imported.tokenizer.encode('Elizabeth')
+
+
+def set_weight(directory, name, value):
+  path = os.path.join(directory, 'model.safetensors')
+  weights = load_file(path)
+  weights[name] = value(weights[name])
+  hf_checkpoint.write_checkpoint(directory, hf_checkpoint.read_config(directory), weights)
+
+
+def test_seq2seq_clear_errors(tmp_path):
+  copy = lambda directory, name, *files: only(directory, tmp_path / name, *files)
+  cases = [  # (directory, config changes, message)
+      (T5_DIR, dict(feed_forward_proj='gated-silu'),
+       "feed_forward_proj 'gated-silu' is not supported"),
+      (T5_DIR, dict(decoder_start_token_id=1), 'decoder_start_token_id 1 other than pad'),
+      (T5V11_DIR, dict(scale_decoder_outputs=True), 'untied lm_head with the d_model'),
+      (T5_DIR, dict(model_type='mt5'), "model_type 'mt5' is not supported"),
+      (BART_DIR, dict(scale_embedding=True), 'scale_embedding=true'),
+      (BART_DIR, dict(normalize_before=True), 'normalize_before=true'),
+      (BART_DIR, dict(decoder_attention_heads=2), 'encoder_attention_heads 4 != decoder'),
+      (BART_DIR, dict(decoder_ffn_dim=8), 'encoder_ffn_dim 64 != decoder_ffn_dim 8'),
+      (BART_DIR, dict(activation_function='silu'), "activation_function 'silu'"),
+      (BART_DIR, dict(decoder_start_token_id=0), 'decoder_start_token_id 0 other than eos'),
+  ]
+  for i, (directory, changes, message) in enumerate(cases):
+    bad = copy(directory, f'config{i}', 'tokenizer.json')
+    edit_config(bad, **changes)
+    with pytest.raises(convert.ConversionError, match=message):
+      convert.load(bad)
+
+  biased = copy(BART_DIR, 'biased', 'tokenizer.json')
+  set_weight(biased, 'final_logits_bias', lambda b: b + 0.5)
+  with pytest.raises(convert.ConversionError, match='final_logits_bias is nonzero'):
+    bart.load(biased)
+  untied = copy(BART_DIR, 'untied', 'tokenizer.json')
+  set_weight(untied, 'model.shared.weight', lambda w: w)  # rewrite, then add a different head
+  weights = load_file(os.path.join(untied, 'model.safetensors'))
+  weights['lm_head.weight'] = weights['model.shared.weight'] + 1
+  hf_checkpoint.write_checkpoint(untied, hf_checkpoint.read_config(untied), weights)
+  with pytest.raises(convert.ConversionError, match='lm_head.weight differs'):
+    bart.load(untied)
+  missing = copy(T5_DIR, 'missing', 'tokenizer.json')
+  weights = load_file(os.path.join(missing, 'model.safetensors'))
+  del weights['decoder.block.1.layer.1.EncDecAttention.k.weight']
+  hf_checkpoint.write_checkpoint(missing, hf_checkpoint.read_config(missing), weights)
+  with pytest.raises(convert.ConversionError, match='1 weights are missing'):
+    t5.load(missing)
+
+  # Wrong vocabularies: BART's for a T5 (same size, other special ids), T5's for a BART
+  # (no <s>), none at all.
+  swapped = copy(T5_DIR, 'swapped')
+  shutil.copy(os.path.join(BART_DIR, 'tokenizer.json'), swapped)
+  with pytest.raises(convert.ConversionError, match="pad token has id 1 but config.json says "
+                     'pad_token_id=0; the vocabulary files belong to another model'):
+    t5.load(swapped)
+  swapped = copy(BART_DIR, 'swapped_bart')
+  shutil.copy(os.path.join(T5_DIR, 'tokenizer.json'), swapped)
+  with pytest.raises(convert.ConversionError, match="the vocabulary has no '<s>' token"):
+    bart.load(swapped)
+  with pytest.raises(convert.ConversionError, match='neither tokenizer.json nor spiece.model'):
+    t5.load(copy(T5_DIR, 'no_vocab'))
+  not_spiece = copy(T5_DIR, 'not_spiece')
+  shutil.copy(os.path.join(BART_DIR, 'vocab.json'), os.path.join(not_spiece, 'spiece.model'))
+  with pytest.raises(convert.ConversionError, match='not a SentencePiece model'):
+    t5.load(not_spiece)
+
+
+def test_seq2seq_export_refuses_what_the_format_cannot_hold(tmp_path):
+  v10, v11, bart_model = (module.load(d) for module, d in SEQ2SEQ)
+  with pytest.raises(convert.ConversionError, match='only the BART architecture'):
+    bart.save(str(tmp_path), v10.cfg, v10.params, v10.tokenizer)
+  with pytest.raises(convert.ConversionError, match='only the T5 architecture'):
+    t5.save(str(tmp_path), bart_model.cfg, bart_model.params, bart_model.tokenizer)
+  gated_exact_gelu = v11.cfg.replace(activation='gelu')  # HF's 'gated-gelu' means gelu_new
+  with pytest.raises(convert.ConversionError, match='only the T5 architecture'):
+    t5.save(str(tmp_path), gated_exact_gelu, v11.params, v11.tokenizer)
+  with pytest.raises(convert.ConversionError, match="cannot export as model_type 'mt5'"):
+    convert.save(str(tmp_path), 'mt5', v10.cfg, v10.params, v10.tokenizer)
+  assert not os.listdir(tmp_path)  # nothing half-written
+
+
+@pytest.mark.parametrize('directory', [T5_DIR, BART_DIR], ids=['t5', 'bart'])
+def test_finetune_seq2seq_from_imported_hf_checkpoint(directory, tmp_path):
+  """--config.finetune.init_from=<HF T5 / BART directory> on a seq2seq task: its weights and
+  vocabulary (kept in the workdir's hf_tokenizer/) train, decode, and reload for --mode=eval."""
+  from research import finetune  # pylint: disable=g-import-not-at-top
+  from tests.test_finetune import finetune_cfg, seq2seq_dir  # pylint: disable=g-import-not-at-top
+  imported = convert.load(directory)
+  config = finetune_cfg(seq2seq_dir(tmp_path / 'data'), directory, task__type='seq2seq',
+                        task__metrics='bleu,chrf', task__max_target_len=8)
+  workdir = tmp_path / 'run'
+  ft, _ = finetune.build(config, str(workdir), need_params=True)
+  assert ft.model_cfg == imported.cfg
+  results = finetune.run_finetune(config, str(workdir))
+  assert {'dev/bleu', 'dev/chrf', 'dev/loss'} <= set(results)
+  assert (workdir / loading.HF_TOKENIZER_DIR / 'tokenizer.json').exists()
+  assert finetune.evaluate_finetuned(config, str(workdir)) == results

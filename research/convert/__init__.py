@@ -2,8 +2,12 @@
 
   bert.py            BERT (config.json + model.safetensors + vocab.txt / tokenizer.json)
   gpt2.py            GPT-2 (config.json + model.safetensors + vocab.json / merges.txt)
+  t5.py              T5 v1.0 / v1.1 (config.json + model.safetensors + tokenizer.json or
+                     spiece.model)
+  bart.py            BART (config.json + model.safetensors + vocab.json / merges.txt)
   hf_checkpoint.py   reading and writing an HF model directory; the parameter-name mapping rules
-  hf_tokenizer.py    WordPiece / byte-level BPE vocabularies behind our Tokenizer interface
+  hf_tokenizer.py    WordPiece / byte-level BPE / SentencePiece vocabularies behind our Tokenizer
+                     interface
   make_fixtures.py   dev only (torch + transformers): the parity fixtures under tests/fixtures/
 
 An import returns an `Imported` (ModelConfig, params, tokenizer); export writes a directory
@@ -11,10 +15,11 @@ that `transformers` loads with `from_pretrained` and that imports back to the sa
 """
 from __future__ import annotations
 
-from research.convert import bert, gpt2
+from research.convert import bart, bert, gpt2, t5
 from research.convert.hf_checkpoint import ConversionError, Imported, read_config
 
-LOADERS = {'bert': bert.load, 'gpt2': gpt2.load}
+LOADERS = {'bert': bert.load, 'gpt2': gpt2.load, 't5': t5.load, 'bart': bart.load}
+SAVERS = {'bert': bert.save, 'gpt2': gpt2.save, 't5': t5.save, 'bart': bart.save}
 
 
 def load(directory: str) -> Imported:
@@ -24,3 +29,12 @@ def load(directory: str) -> Imported:
     raise ConversionError(f'{directory}: model_type {model_type!r} is not supported; '
                           f'importable: {", ".join(LOADERS)}')
   return LOADERS[model_type](directory)
+
+
+def save(directory: str, model_type: str, cfg, params, tokenizer):
+  """Exports our (cfg, params, tokenizer) as an HF `model_type` directory; raises
+  ConversionError when that format cannot hold this architecture."""
+  if model_type not in SAVERS:
+    raise ConversionError(f'cannot export as model_type {model_type!r}; exportable: '
+                          f'{", ".join(SAVERS)}')
+  SAVERS[model_type](directory, cfg, params, tokenizer)

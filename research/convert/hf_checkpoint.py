@@ -101,6 +101,19 @@ def check_vocab_fits(tokenizer_size: int, embedded: int, directory: str):
         f'only {embedded}; the vocabulary files belong to another model')
 
 
+def check_special_ids(tokenizer, config: dict, directory: str, **defaults: int):
+  """The vocabulary's special ids are the ones config.json names (e.g. pad_token_id=0): a
+  vocabulary of the same size from another model would otherwise pass unnoticed."""
+  for key, default in defaults.items():
+    expected = config.get(key, default)
+    role = key.removesuffix('_token_id')
+    found = getattr(tokenizer, f'{role}_id')
+    if found not in (expected if isinstance(expected, list) else [expected]):
+      raise ConversionError(
+          f"{directory}: the vocabulary's {role} token has id {found} but {CONFIG_FILE} says "
+          f'{key}={expected}; the vocabulary files belong to another model')
+
+
 def read_weights(directory: str) -> dict[str, np.ndarray]:
   """All tensors of model.safetensors as float32 numpy arrays (bf16/fp16 widened exactly)."""
   path = os.path.join(directory, WEIGHTS_FILE)
