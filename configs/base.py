@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.d_model = P(int)
   c.model.num_layers = P(int)       # encoder or decoder depth; the encoder's in an encoder_decoder
   c.model.num_decoder_layers = P(int)  # encoder_decoder: decoder depth (0 = num_layers)
+  c.model.share_stacks = P(bool)    # encoder_decoder: one Stack as encoder and decoder (T5 "shared")
   c.model.num_heads = P(int)
   c.model.d_head = P(int)           # per-head width; 0 = d_model // num_heads
   c.model.d_ff = P(int)
@@ -45,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_output = P(bool)      # LM logits from the token embeddings
   c.model.scale_tied_output = P(bool)  # T5: tied logits from hidden * d_model**-0.5
   c.model.init_std = P(float)
+  c.model.embed_init_std = P(float)  # token embedding init std (0 = init_std; T5: 1.0)
   c.model.scaled_residual_init = P(bool)  # GPT-2: residual projections init std / sqrt(2 layers)
   c.model.local_window = P(int)     # >0: GPT-3 alternating dense / locally banded attention
   c.model.two_stream = P(bool)      # XLNet: the encoder also runs the query stream (objective plm)
@@ -79,6 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.noise_density = 0.15
   c.objective.mean_noise_span_length = 3.0
   c.objective.num_sentinels = 100
+  c.objective.bidirectional_inputs = False  # span_corruption on a decoder: the inputs are a prefix-LM prefix
   # BART denoising (Lewis et al. 2020, Sec 2.2; fairseq denoising_dataset.py): comma-separated
   # noises from masking | deletion | infilling (one of these three), permute, insert, rotate.
   c.objective.noises = 'infilling,permute'

@@ -94,6 +94,8 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.finetune.text_to_text = False   # classification as text (T5 Sec 2.4): the model writes the label word
   c.finetune.label_words = ''       # text_to_text: comma-separated word per class ('' = the class names)
   c.finetune.num_beams = 1          # decoding of seq2seq / text-to-text evaluation (1 = greedy)
+  c.finetune.bidirectional_prompt = False  # seq2seq on a decoder: read the source as a prefix LM does
+  c.finetune.seq2seq_mask_prob = 0.5  # seq2seq on an encoder (UniLM Sec 2.4): target tokens masked per epoch
   c.finetune.lm_loss_weight = 0.5   # decoders: auxiliary LM loss weight (GPT-1 Sec 3.2, lambda = 0.5)
   c.finetune.bilstm_size = 0        # >0: BiLSTM with this many units per direction under the head (BERT Table 5)
   c.finetune.epochs = 3.0           # passes over train (BERT A.3: 2-4; GPT-1: 3); 0 = use train.steps

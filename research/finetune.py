@@ -43,7 +43,9 @@ from research.data import tokenizer as tokenizer_lib
 from research.models import task_model
 from research.models.config import ModelConfig
 from research.objectives.clm import CausalLM
+from research.objectives.prefix_lm import PrefixLM
 from research.objectives.seq2seq import Seq2SeqLM
+from research.objectives.unilm import MaskedSeq2Seq
 from research.tasks import encoding, features, losses, seq2seq
 from research.tasks.task import Task, load_task
 
@@ -75,6 +77,7 @@ class FineTune:
   tx: Any
   abstract_state: state_lib.TrainState
   init_state: Any  # () -> TrainState (random weights everywhere)
+  corrupt: Any = None  # (row, rng) -> row: per-epoch noise of training rows, or None
 
 
 def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
@@ -170,8 +173,9 @@ def build(config: ml_collections.ConfigDict, workdir: str,
     task = dataclasses.replace(task, splits={
         name: seq2seq.as_text_to_text(examples, label_words, task.labels, names)
         for name, examples in task.splits.items()})
+  corrupt = None
   if generates:
-    style = seq2seq.Seq2SeqStyle.create(model_cfg, tok)
+    style = seq2seq.Seq2SeqStyle.create(model_cfg, tok, ft_cfg.bidirectional_prompt)
     target_len = seq2seq.target_length(style, config.data.max_seq_len,
                                        config.task.max_target_len)
     if model_cfg.arch == 'encoder_decoder':
@@ -180,7 +184,14 @@ def build(config: ml_collections.ConfigDict, workdir: str,
                                                   config.data.max_seq_len, target_len)
               for name, examples in task.splits.items()}
     model = models.build(model_cfg)
-    objective = Seq2SeqLM() if model_cfg.arch == 'encoder_decoder' else CausalLM()
+    objective = {'encoder_decoder': Seq2SeqLM(),
+                 'decoder': PrefixLM() if ft_cfg.bidirectional_prompt else CausalLM(),
+                 'encoder': MaskedSeq2Seq(max_predictions=config.data.max_seq_len),
+                 }[model_cfg.arch]
+    if model_cfg.arch == 'encoder':  # UniLM: masked targets, redrawn each epoch in training
+      corrupt = seq2seq.target_masking(style, ft_cfg.seq2seq_mask_prob)
+      splits = {name: _masked_once(split, corrupt, config.train.seed) if name != 'train'
+                else split for name, split in splits.items()}
   else:
     style_name = ft_cfg.input_style
     style = encoding.InputStyle.create(
@@ -203,7 +214,15 @@ def build(config: ml_collections.ConfigDict, workdir: str,
                                     num_views)
   abstract, init = state_lib.sharded_init(init_params, tx, config.train.seed, mesh)
   return FineTune(config, workdir, mesh, task, tok, model_cfg, style, generates, label_words,
-                  model, objective, splits, tx, abstract, init), loaded
+                  model, objective, splits, tx, abstract, init, corrupt), loaded
+
+
+def _masked_once(split, corrupt, seed: int):
+  """An evaluation split with its noise drawn once, per example, from (seed, index)."""
+  rows = [corrupt({k: v[i] for k, v in split.arrays.items()}, np.random.default_rng([seed, i]))
+          for i in range(split.num_features)]
+  arrays = {k: np.stack([r[k] for r in rows]) for k in split.arrays}
+  return dataclasses.replace(split, arrays=arrays)
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -273,9 +292,11 @@ def make_eval_fn(ft: FineTune):
     metrics = {}
     if split.labelled:
       means = {k: float(v[0] / max(v[1], 1e-9)) for k, v in totals.items()}
-      metrics = {k: v for k, v in means.items() if k != 'accuracy'}  # the task's own follow
-      if ft.generates:
-        metrics['perplexity'] = float(np.exp(means['loss']))
+      if ft.generates:  # teacher-forced loss of the target tokens (all, or the masked ones)
+        means = ft.objective.summarize(means)
+        means['perplexity'] = float(np.exp(means['loss']))
+      # Token accuracies are the objective's; the task's own metrics follow.
+      metrics = {k: float(v) for k, v in means.items() if not k.endswith('accuracy')}
       metrics.update(ft.task.score(split.examples, predictions))
     return metrics, predictions
 
@@ -291,9 +312,11 @@ def _decode(ft: FineTune, params, split) -> list:
                                        config.task.max_target_len))
   texts = []
   for start in range(0, len(split.prompts), config.train.eval_batch_size):
-    new = generate.generate(ft.model, params, split.prompts[start:start + config.train.eval_batch_size],
-                            max_new_tokens=budget, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                            start_id=ft.style.start_id, num_beams=config.finetune.num_beams)
+    new = generate.generate(ft.model, params,
+                            split.prompts[start:start + config.train.eval_batch_size],
+                            max_new_tokens=budget, eos_id=ft.style.end_id, pad_id=tok.pad_id,
+                            start_id=ft.style.start_id, num_beams=config.finetune.num_beams,
+                            bidirectional_prompt=ft.style.bidirectional_prompt)
     texts += [tok.decode(ids) for ids in new]
   if ft.label_words:
     return [seq2seq.label_of(t, ft.label_words) for t in texts]
@@ -329,6 +352,8 @@ def _train_dataset(ft: FineTune) -> grain.IterDataset:
   arrays = ft.splits['train'].arrays
   rows = [{k: v[i] for k, v in arrays.items()} for i in range(len(arrays['input_ids']))]
   ds = grain.MapDataset.source(rows).seed(ft.config.train.seed).shuffle().repeat()
+  if ft.corrupt is not None:  # drawn before sharding: keyed by the global stream position
+    ds = ds.random_map(ft.corrupt)
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.batch(ft.config.train.batch_size // jax.process_count(), drop_remainder=True)
   return ds.to_iter_dataset(_READ_OPTIONS)

@@ -47,7 +47,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Resolves data, tokenizer, model, optimizer and the sharded state layout."""
   mesh = sharding.make_mesh(config.mesh)
   arch = ModelConfig.from_config(config.model, vocab_size=1)  # the vocabulary comes below
-  objective = objectives.from_config(config.objective, arch.decoder_start)
+  objective = objectives.from_config(config.objective, arch)
   train_docs, eval_docs = corpus.load_corpora(config)
   tok = tokenizer_lib.load_or_train(
       tokenizer_path(config, workdir),

@@ -253,18 +253,23 @@ def seq2seq_dir(path, rows=24):
   return str(path)
 
 
-@pytest.mark.parametrize('name', ['t5', 'bart', 'gpt'])
-def test_finetune_seq2seq(name, pretrained, tmp_path):
-  """Teacher-forced training of the pretrained model itself; dev decoded and scored by BLEU /
-  chrF beside the copy-the-source baseline; --mode=eval reloads and decodes the same."""
+@pytest.mark.parametrize('name,prefix', [('t5', False), ('bart', False), ('gpt', False),
+                                         ('gpt', True), ('bert', False)])
+def test_finetune_seq2seq(name, prefix, pretrained, tmp_path):
+  """Teacher-forced training of the pretrained model itself (an encoder: UniLM's masked
+  targets under the seq2seq mask; a decoder: causal or prefix LM); dev decoded and scored by
+  BLEU / chrF beside the copy-the-source baseline; --mode=eval reloads and decodes the same."""
   config = finetune_cfg(seq2seq_dir(tmp_path / 'data'), pretrained[name], task__type='seq2seq',
-                        task__metrics='bleu,chrf,exact_match', task__max_target_len=12)
+                        task__metrics='bleu,chrf,exact_match', task__max_target_len=12,
+                        finetune__bidirectional_prompt=prefix)
   workdir = tmp_path / 'run'
   results = finetune.run_finetune(config, str(workdir))
   assert {'dev/bleu', 'dev/chrf', 'dev/exact_match', 'dev/perplexity', 'dev/loss'} <= set(results)
   start = next(r for r in read_metrics(workdir) if r.get('event') == 'start')
-  assert start['baseline/bleu'] > 0 and start['arch'] == ('decoder' if name == 'gpt'
-                                                          else 'encoder_decoder')
+  arch = {'gpt': 'decoder', 'bert': 'encoder'}.get(name, 'encoder_decoder')
+  assert start['baseline/bleu'] > 0 and start['arch'] == arch
+  ft, _ = finetune.build(config, str(workdir))
+  assert ('prefix_len' in ft.splits['train'].arrays) == (prefix or name == 'bert')
   lines = (workdir / 'predictions' / 'dev.tsv').read_text().splitlines()
   assert lines[0] == 'index\tprediction' and len(lines) == 9
   assert finetune.evaluate_finetuned(config, str(workdir)) == results

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from research import objectives
+from research.models import presets
+from research.models.config import ModelConfig
 from research.data import corpus, pipeline
 from research.data import tokenizer as tokenizer_lib
 
@@ -25,15 +27,16 @@ def _config(objective='mlm_nsp', seed=0, max_seq_len=SEQ_LEN):
                     'mask_token_prob': 0.8, 'random_token_prob': 0.1,
                     'max_predictions_per_seq': 5, 'short_seq_prob': 0.1,
                     'noise_density': 0.15, 'mean_noise_span_length': 3.0,
-                    'num_sentinels': 100, 'noises': 'infilling,permute', 'mask_ratio': 0.3,
+                    'num_sentinels': 100, 'bidirectional_inputs': False, 'noises': 'infilling,permute', 'mask_ratio': 0.3,
                     'random_ratio': 0.1, 'poisson_lambda': 3.0, 'replace_length': 1,
                     'insert_ratio': 0.0, 'permute_ratio': 1.0, 'rotate_ratio': 1.0},
   })
 
 
-def _objective(config):
-  return objectives.from_config(config.objective,
-                                'eos' if config.objective.name == 'denoising' else 'pad')
+def _objective(config, arch='encoder_decoder'):
+  model = ModelConfig(**{**presets.architecture('bart-tiny' if config.objective.name == 'denoising'
+                                                else 't5-tiny'), 'vocab_size': 1, 'arch': arch})
+  return objectives.from_config(config.objective, model)
 
 
 def _ds(config, tok, documents, **kw):
@@ -171,6 +174,34 @@ def test_denoising_batch_format(tok, documents):
   assert (batch['input_ids'] == tok.mask_id).any(axis=1).mean() >= 0.5
   assert not (batch['targets'] == tok.mask_id).any()
   assert (batch['attention_mask'].sum(1) < batch['weights'].sum(1)).any()  # spans -> one mask
+
+
+@pytest.mark.parametrize('prefix', [False, True])
+def test_span_corruption_on_a_decoder_is_one_sequence(tok, documents, prefix):
+  """T5 Table 2's decoder-only rows: corrupted inputs then targets in one sequence, the loss on
+  the targets only; the prefix LM also gets the inputs' length as its prefix."""
+  config = _config('span_corruption').unlock()
+  config.objective.bidirectional_inputs = prefix
+  objective = _objective(config, arch='decoder')
+  batch = next(iter(pipeline.make_train_dataset(config, objective, tok, documents,
+                                                batch_size=4)))
+  _, targets_len = objective.lengths(SEQ_LEN)
+  assert batch['input_ids'].shape == (4, SEQ_LEN + targets_len - 1)
+  assert ('prefix_len' in batch) == prefix
+  first_target = (batch['weights'] > 0).argmax(1)
+  assert (batch['targets'][np.arange(4), first_target] == tok.vocab_size + 99).all()
+  if prefix:
+    np.testing.assert_array_equal(batch['prefix_len'] - 1, first_target)
+
+
+def test_prefix_lm_on_an_encoder_decoder_splits_the_window(tok, documents):
+  batch = next(iter(_ds(_config('prefix_lm'), tok, documents, batch_size=4)))
+  assert set(batch) == SEQ2SEQ_KEYS
+  for row in range(4):
+    source = batch['input_ids'][row][batch['attention_mask'][row] > 0]
+    target = batch['targets'][row][batch['weights'][row] > 0]
+    assert source[-1] == target[-1] == tok.eos_id
+    assert len(source) + len(target) <= SEQ_LEN
 
 
 def test_unknown_objective(tok, documents):

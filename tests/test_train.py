@@ -87,7 +87,7 @@ def test_every_config_builds_under_eval_shape(path, arg):
   config = module.get_config(arg)
   model_cfg = ModelConfig.from_config(config.model, vocab_size=config.data.tokenizer.vocab_size)
   if 'task' not in config:
-    objectives.from_config(config.objective, model_cfg.decoder_start).check_arch(model_cfg.arch)
+    objectives.from_config(config.objective, model_cfg).check_arch(model_cfg.arch)
   shapes = models.abstract_params(model_cfg)
   assert models.param_count(model_cfg) == sum(x.size for x in jax.tree.leaves(shapes)) > 0
 

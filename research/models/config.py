@@ -35,6 +35,9 @@ class ModelConfig:
   # `encoder_decoder` (T5, BART) whose decoder cross-attends to the encoder's output.
   arch: str = 'encoder'
   num_decoder_layers: int = 0  # encoder_decoder: decoder depth; 0 = num_layers
+  # encoder_decoder: one Stack serves as encoder and decoder (T5 Sec 3.2.2, Table 2 "shared":
+  # P parameters at the cost of the 2P model); the decoder adds only its cross-attention.
+  share_stacks: bool = False
   # The token an encoder_decoder's decoder starts from: 'pad' (T5) or 'eos' (BART), as the
   # reference implementations (HF `decoder_start_token_id`).
   decoder_start: str = 'pad'
@@ -63,6 +66,10 @@ class ModelConfig:
   tie_output: bool = True  # LM logits from the token embedding matrix (Press & Wolf 2017)
   scale_tied_output: bool = False  # T5: tied logits use hidden * d_model**-0.5
   init_std: float = 0.02
+  # Token embedding init std; 0 = init_std. T5 draws its shared embedding from N(0, 1) (Mesh
+  # TensorFlow), which its d_model**-0.5 tied-output rescale assumes: at 0.02 the initial
+  # logits are ~50x smaller and the tiny models barely learn (measured: loss 5.9 after 400 steps).
+  embed_init_std: float = 0.0
   # GPT-2 Sec 2.3: scale residual-projection init by 1/sqrt(N) with N the number of residual
   # layers, i.e. std / sqrt(2 * num_layers).
   scaled_residual_init: bool = False
@@ -144,6 +151,10 @@ class ModelConfig:
     if self.local_window and self.arch != 'decoder':
       raise ValueError('--config.model.local_window (GPT-3 banded attention) needs '
                        "arch='decoder'")
+    if self.share_stacks and (self.arch != 'encoder_decoder'
+                              or self.decoder_layers != self.num_layers):
+      raise ValueError('--config.model.share_stacks needs an encoder_decoder whose stacks have '
+                       'the same depth (num_decoder_layers 0 or = num_layers)')
     if self.two_stream and (self.arch != 'encoder' or self.position != 'learned'):
       raise ValueError('--config.model.two_stream (XLNet) needs an encoder with learned '
                        'positions')

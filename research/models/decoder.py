@@ -42,7 +42,7 @@ class Decoder(nn.Module):
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
-    self.stack = Stack(self.cfg, self.cfg.num_layers, causal=True)
+    self.stack = Stack(self.cfg, self.cfg.num_layers)
     self.lm_head = LmHead(self.cfg)
 
   def __call__(self, input_ids, attention_mask=None, positions=None, *, prefix_len=None,
@@ -73,7 +73,7 @@ class Decoder(nn.Module):
       layer_caches = cache['layers']
     x = self.embeddings(input_ids, positions, deterministic=deterministic)
     out = self.stack(x, causal_masks(cfg, query_slots, key_slots, key_valid, prefix_len),
-                     positions=(query_slots, key_slots), deterministic=deterministic,
+                     causal=True, positions=(query_slots, key_slots), deterministic=deterministic,
                      cache=layer_caches, cache_index=cache_index,
                      return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}

@@ -43,8 +43,15 @@ class EncoderDecoder(nn.Module):
     self.encoder_embeddings = Embeddings(cfg, shared=self.shared)
     self.decoder_embeddings = Embeddings(cfg, shared=self.shared)
     self.encoder = Stack(cfg, cfg.num_layers)
-    self.decoder = Stack(cfg, cfg.decoder_layers, cross=True, causal=True)
+    if not cfg.share_stacks:
+      self.decoder = Stack(cfg, cfg.decoder_layers)
     self.lm_head = LmHead(cfg)
+
+  @property
+  def decoder_stack(self) -> Stack:
+    """The decoder's Stack: its own, or the encoder's (T5 Sec 3.2.2, "shared" parameters:
+    the decoder blocks reuse the encoder blocks' weights and add their cross-attention)."""
+    return self.encoder if self.cfg.share_stacks else self.decoder
 
   def encode(self, input_ids, attention_mask=None, *, deterministic: bool = True,
              return_intermediates: bool = False) -> StackOutput:
@@ -87,9 +94,11 @@ class EncoderDecoder(nn.Module):
     cross_mask = masks.attention_mask(query_slots, source_order, memory_valid)  # [b, 1, T, S]
     x = self.decoder_embeddings(decoder_input_ids, jnp.broadcast_to(query_slots, (batch, length)),
                                 deterministic=deterministic)
-    out = self.decoder(x, (self_mask, None), positions=(query_slots, key_slots), memory=memory,
-                       memory_mask=cross_mask, deterministic=deterministic, cache=layer_caches,
-                       cache_index=cache_index, return_intermediates=return_intermediates)
+    out = self.decoder_stack(x, (self_mask, None), causal=True,
+                             positions=(query_slots, key_slots), memory=memory,
+                             memory_mask=cross_mask, deterministic=deterministic,
+                             cache=layer_caches, cache_index=cache_index,
+                             return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid,
                                             'memory_valid': memory_valid}
     return DecoderOutput(logits=self.lm_head(out.hidden, self.shared) if logits else None,

@@ -42,7 +42,8 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
 def token_embedding(cfg: ModelConfig, name: str | None = None) -> nn.Embed:
   """The [vocab, d_model] table; `attend` with it is the tied output projection."""
   return nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, name=name,
-                  embedding_init=dense_init(cfg.init_std, ('vocab', 'embed')))
+                  embedding_init=dense_init(cfg.embed_init_std or cfg.init_std,
+                                            ('vocab', 'embed')))
 
 
 class Embeddings(nn.Module):

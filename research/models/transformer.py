@@ -2,7 +2,7 @@
 
 A `Block` does not know whether it is in BERT, GPT, T5 or BART: that is decided by the mask
 (and bias) it is given and a few switches (pre/post norm, norm kind, biases, MLP kind).
-`Block(cfg, cross=True)` adds cross-attention over an encoder's output between its
+A Block given an encoder's output (`memory`) adds cross-attention over it between its
 self-attention and its MLP (Vaswani et al. 2017, Sec 3.1 "Decoder"). `Stack` runs the blocks,
 computes T5's relative position bias once for all of them, threads the optional KV cache and
 collects per-layer hidden states and attention weights for probing.
@@ -40,7 +40,6 @@ class Block(nn.Module):
   for Sublayer in (self-attention, [cross-attention over `memory`], MLP).
   """
   cfg: ModelConfig
-  cross: bool = False
   num_layers: int = 1  # depth of the stack this block is in (GPT-2's residual init)
 
   @nn.compact
@@ -48,8 +47,8 @@ class Block(nn.Module):
     """x [batch, length, d_model]; data: 'mask' [batch, 1, q, k], optional 'bias'
     [1|batch, heads, q, k], optional 'kv' [batch, k, d_model] the stream self-attention
     reads keys and values from (default x itself; XLNet's query stream reads the content
-    stream), and for cross blocks 'memory' [batch, m, d_model] (None when decoding from the
-    cache) with 'memory_mask' [batch, 1, q, m]."""
+    stream), and for decoder blocks of an encoder-decoder 'memory' [batch, m, d_model] (None
+    when decoding from the cache) with 'memory_mask' [batch, 1, q, m]."""
     cfg = self.cfg
     std = residual_init_std(cfg, self.num_layers)
     drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
@@ -86,7 +85,7 @@ class Block(nn.Module):
       return out
 
     x = residual(x, 'attention', self_attention)
-    if self.cross:
+    if 'memory_mask' in data:  # a decoder block of an encoder-decoder
       x = residual(x, 'cross', cross_attention)
     x = residual(x, 'mlp', lambda h, _: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
     return x, weights, new_cache
@@ -98,24 +97,24 @@ class Stack(nn.Module):
   `masks` is (dense_mask, local_mask): layers for which `cfg.is_local_layer` holds get the
   locally banded one (GPT-3's alternating pattern); local_mask may be None otherwise.
   With cfg.position == 'relative', `positions` = (query positions [batch|1, q], key positions
-  [batch|1, k]) give the bias, bidirectional unless `causal`.
+  [batch|1, k]) give the bias, bidirectional unless `causal`. Given `memory_mask`, every
+  Block cross-attends to `memory` (an encoder-decoder's decoder; T5's shared-parameter
+  variant runs one Stack as both, Raffel et al. 2020, Sec 3.2.2).
   """
   cfg: ModelConfig
   num_layers: int
-  cross: bool = False
-  causal: bool = False
 
   @nn.compact
-  def __call__(self, x, masks, *, positions=None, memory=None, memory_mask=None,
-               query=None, query_mask=None, deterministic: bool, cache=None, cache_index=None,
-               return_intermediates: bool = False) -> StackOutput:
+  def __call__(self, x, masks, *, causal: bool = False, positions=None, memory=None,
+               memory_mask=None, query=None, query_mask=None, deterministic: bool, cache=None,
+               cache_index=None, return_intermediates: bool = False) -> StackOutput:
     """query [batch, q, d_model], query_mask [batch, 1, q, k]: XLNet's query stream (Yang et
     al. 2019, Sec 2.3, Eq. 4), run through every layer's same Block on `query` with keys and
     values from the content stream x of that layer's input; returned as `query`."""
     cfg = self.cfg
     bias = None
     if cfg.position == 'relative':
-      bias = RelativePositionBias(cfg, bidirectional=not self.causal, name='relative_bias')(
+      bias = RelativePositionBias(cfg, bidirectional=not causal, name='relative_bias')(
           *positions)  # [1|batch, heads, q, k]
     # Arguments are passed positionally so `deterministic` can be static under remat
     # (argnum 3 counts `self`).
@@ -126,10 +125,10 @@ class Stack(nn.Module):
       if return_intermediates:
         hidden_states.append(x)
       data = {'mask': local_mask if cfg.is_local_layer(i) else dense_mask, 'bias': bias}
-      if self.cross:
+      if memory_mask is not None:
         data.update(memory=memory, memory_mask=memory_mask)
       layer_cache = None if cache is None else cache[i]
-      block = block_cls(cfg, self.cross, self.num_layers, name=f'layer_{i}')
+      block = block_cls(cfg, self.num_layers, name=f'layer_{i}')
       if query is not None:  # shares the block's weights; reads the layer's content input
         query, _, _ = block(query, {**data, 'mask': query_mask, 'kv': x}, deterministic)
       x, weights, layer_cache = block(x, data, deterministic, layer_cache, cache_index)

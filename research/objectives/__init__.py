@@ -5,7 +5,9 @@
   plm                XLNet: permutation LM, two-stream attention      arch encoder (two_stream)
   clm                GPT: left-to-right LM on packed text             arch decoder
   prefix_lm          T5's prefix LM: bidirectional prefix, causal rest arch decoder
+                     (encoder_decoder: T5's LM objective, prefix -> encoder)
   span_corruption    T5: sentinel-replaced spans -> the spans         arch encoder_decoder
+                     (decoder: inputs + targets as one sequence)
   denoising          BART: noised document -> the document            arch encoder_decoder
 
 Each is a frozen dataclass (objectives/base.py) holding its settings: host-side numpy
@@ -28,9 +30,12 @@ def _names(value: str) -> tuple[str, ...]:
   return tuple(n.strip() for n in value.split(',') if n.strip())
 
 
-def from_config(objective_cfg, decoder_start: str = 'pad') -> Objective:
-  """The objective `config.objective` describes; an unknown name is a one-line error."""
+def from_config(objective_cfg, model_cfg=None) -> Objective:
+  """The objective `config.objective` describes for a ModelConfig (its arch and decoder start
+  token; default an encoder-decoder starting from pad); an unknown name is a one-line error."""
   c = objective_cfg
+  arch = model_cfg.arch if model_cfg else 'encoder_decoder'
+  decoder_start = model_cfg.decoder_start if model_cfg else 'pad'
   if c.name in ('mlm_nsp', 'mlm'):
     return MaskedLM(nsp=c.name == 'mlm_nsp', mask_prob=c.mask_prob,
                     mask_token_prob=c.mask_token_prob, random_token_prob=c.random_token_prob,
@@ -44,11 +49,12 @@ def from_config(objective_cfg, decoder_start: str = 'pad') -> Objective:
   if c.name == 'clm':
     return CausalLM()
   if c.name == 'prefix_lm':
-    return PrefixLM()
+    return PrefixLM(arch=arch, decoder_start=decoder_start)
   if c.name == 'span_corruption':
     return SpanCorruption(noise_density=c.noise_density,
                           mean_noise_span_length=c.mean_noise_span_length,
-                          num_sentinels=c.num_sentinels, decoder_start=decoder_start)
+                          num_sentinels=c.num_sentinels, decoder_start=decoder_start,
+                          arch=arch, bidirectional_inputs=c.bidirectional_inputs)
   if c.name == 'denoising':
     return Denoising(noises=_names(c.noises), mask_ratio=c.mask_ratio,
                      random_ratio=c.random_ratio, poisson_lambda=c.poisson_lambda,

@@ -39,6 +39,20 @@ def frame(tokenizer, ids: Sequence[int], decoder_start: str) -> list[int]:
   return [*ids, tokenizer.eos_id]
 
 
+def lm_example(inputs: Sequence[int], targets: Sequence[int], length: int, pad_id: int,
+               bidirectional_inputs: bool) -> base.Example:
+  """One decoder row reading inputs then targets, scored on the targets: input_ids, targets,
+  weights [length] (+ prefix_len = len(inputs) when the inputs are a bidirectional prefix)."""
+  sequence = np.full(length + 1, pad_id, np.int32)
+  sequence[:len(inputs) + len(targets)] = [*inputs, *targets]
+  weights = np.zeros(length, np.float32)
+  weights[len(inputs) - 1:len(inputs) + len(targets) - 1] = 1.0  # position i predicts i + 1
+  row = {'input_ids': sequence[:-1], 'targets': sequence[1:], 'weights': weights}
+  if bidirectional_inputs:
+    row['prefix_len'] = np.int32(len(inputs))
+  return row
+
+
 def seq2seq_example(source: Sequence[int], target: Sequence[int], *, source_len: int,
                     target_len: int, pad_id: int, start: int) -> base.Example:
   """Padded arrays of one (source, target) pair (see module docstring); both must fit."""
@@ -75,12 +89,20 @@ class SpanCorruption(Seq2SeqLM):
   `span_corruption` on C4: 568 raw tokens for 512 inputs, 114 targets); a new noise mask is
   drawn every epoch. The model reserves `num_sentinels` ids above the tokenizer's (T5: 100
   extra_ids) for the sentinels, which count down from the vocabulary's end.
+
+  A decoder (arch='decoder') reads inputs and targets as one sequence and is trained on the
+  targets (T5 Sec 3.2.3, Table 2 "Language model" / "Prefix LM" rows with the denoising
+  objective): causally, or with the inputs as a bidirectional prefix
+  (`bidirectional_inputs`). Batch: CausalLM's keys over S + T - 1 tokens (+ prefix_len).
   """
   name = 'span_corruption'
+  archs = ('encoder_decoder', 'decoder')
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
   num_sentinels: int = 100
   decoder_start: str = 'pad'
+  arch: str = 'encoder_decoder'
+  bidirectional_inputs: bool = False
 
   @property
   def extra_ids(self) -> int:
@@ -107,9 +129,19 @@ class SpanCorruption(Seq2SeqLM):
       inputs, targets = span_corruption.span_corruption(
           example['tokens'], rng, vocab_size=vocab_size, eos_id=tokenizer.eos_id,
           noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length)
+      if self.arch == 'decoder':
+        return lm_example(inputs, targets, seq_len + targets_len - 1, tokenizer.pad_id,
+                          self.bidirectional_inputs)
       return seq2seq_example(inputs, targets, source_len=seq_len, target_len=targets_len,
                              pad_id=tokenizer.pad_id, start=start)
     return corrupt
+
+  def terms(self, model, params, batch, rng):
+    if self.arch == 'decoder':
+      prefix = {'prefix_len': batch['prefix_len']} if self.bidirectional_inputs else {}
+      out = base.apply(model, params, batch['input_ids'], rng=rng, **prefix)
+      return base.token_terms('', out.logits, batch['targets'], batch['weights'])
+    return super().terms(model, params, batch, rng)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,3 +66,14 @@ class UniLM(mlm.MaskedLM):
 
   def mask_inputs(self, batch):
     return {'mask_kind': 'causal', 'order': batch['order'], 'prefix_len': batch['prefix_len']}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedSeq2Seq(mlm.MaskedLM):
+  """UniLM's seq2seq fine-tuning loss (Sec 2.4): masked target tokens under the seq2seq mask
+  (rows from tasks/seq2seq.py; masking per epoch by its `target_masking`)."""
+  name = 'masked_seq2seq'
+  nsp: bool = False
+
+  def mask_inputs(self, batch):
+    return {'mask_kind': 'causal', 'order': batch['order'], 'prefix_len': batch['prefix_len']}
