@@ -49,18 +49,48 @@ def pretraining_rows(root: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _column(task: str, metric: str, count: int) -> str:
+  return task if count == 1 else f'{task} {metric.split("/")[-1]}'
+
+
+def tabulate(recipe, runs) -> dict:
+  """{(setting,): {column: Cell}} of the recipe's METRICS (task -> ((metric, scale), ...)),
+  one column per task and metric, plus one row per trivial baseline (BASELINES: task ->
+  (row label, start-event key, metric column it sits in)) read from the runs' start events."""
+  table = {}
+  for task, metrics in recipe.METRICS.items():
+    task_runs = [r for r in runs if r.params.get('task') == task]
+    for metric, scale in metrics:
+      column = _column(task, metric, len(metrics))
+      for row, cells in collect.aggregate(task_runs, ['setting'], 'task', [metric],
+                                          scale).items():
+        table.setdefault(row, {})[column] = cells[task]
+    label, key, metric = recipe.BASELINES.get(task, (None, None, None))
+    values = [r[key] for run in task_runs for r in run.records
+              if r.get('event') == 'start' and r.get(key) is not None]
+    if values:
+      scale = dict(metrics)[metric]
+      table.setdefault((label,), {})[_column(task, metric, len(metrics))] = collect.Cell(
+          [values[0] * scale])
+  return table
+
+
+def row_order(recipe) -> list[tuple]:
+  labels = dict.fromkeys(label for label, _, _ in recipe.BASELINES.values())
+  return [(s,) for s in recipe.SETTINGS] + [(label,) for label in labels]
+
+
 def comparison(recipe, table: dict) -> str:
-  """Ours beside the paper: one row per setting, (ours, paper analogue) column pairs."""
-  header = ['setting', 'paper row']
-  for task in recipe.TASKS:
-    header += [f'{task} (ours)', f'{recipe.ANALOGUE[task]} (paper)']
-  lines = ['| ' + ' | '.join(header) + ' |', '|---|---|' + '---:|' * (2 * len(recipe.TASKS))]
+  """Ours beside the paper: one row per setting, our columns then the paper's."""
+  ours = collect.columns_of(table)
+  header = ['setting', 'paper row', *ours, *(f'{c} (paper)' for c in recipe.PAPER_COLUMNS)]
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|---|---|' + '---:|' * (len(ours) + len(recipe.PAPER_COLUMNS))]
   for setting in recipe.SETTINGS:
-    cells = [setting, recipe.PAPER_ROW_NAMES[setting]]
-    for task in recipe.TASKS:
-      ours = table.get((setting,), {}).get(task)
-      paper = recipe.PAPER.get(setting, {}).get(recipe.ANALOGUE[task])
-      cells += [str(ours) if ours else '', '' if paper is None else f'{paper:.1f}']
+    cells = [setting, recipe.PAPER_ROW_NAMES.get(setting, '')]
+    cells += [str(table.get((setting,), {}).get(c, '')) for c in ours]
+    paper = recipe.PAPER.get(setting)
+    cells += [f'{v:g}' for v in paper] if paper else [''] * len(recipe.PAPER_COLUMNS)
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -91,22 +121,26 @@ def main(argv=None):
   if args.dry_run:
     return
   recipe = _load_recipe(path)
-  metrics = sorted(set(recipe.METRICS.values()))
-  table = collect.aggregate(collect.load_runs(root), ['setting'], 'task', metrics, scale=100)
-  order = [(s,) for s in recipe.SETTINGS]
+  table = tabulate(recipe, collect.load_runs(root))
+  order = row_order(recipe)
   wall = time.time() - start
+  units = '; '.join(f'{task}: {", ".join(f"{m} x {k:g}" for m, k in metrics)}'
+                    for task, metrics in recipe.METRICS.items())
   text = '\n'.join([
       f'# {os.path.basename(path)} ({args.config})', '',
       f'Command: `python -m launch.repro --config={args.config}`; wall time of this '
       f'invocation: {wall / 60:.1f} min (runs finished earlier are not re-run).', '',
-      f'{", ".join(metrics)} x 100, mean ± std (number of seeds):', '',
+      f'Dev metrics, mean ± std (number of seeds); {units}:', '',
       collect.markdown(table, ['setting'], order),
-      'Beside the paper (BERT Table 5, BERT_BASE dev; accuracy, SQuAD F1):', '',
+      f'Beside the paper ({recipe.PAPER_NAME}):', '',
       comparison(recipe, table),
       pretraining_rows(root)])
   with open(os.path.join(root, 'table.md'), 'w') as f:
     f.write(text)
-  collect.plot(table, os.path.join(root, 'table.png'), ylabel=f'{", ".join(metrics)} (%)',
+  # Perplexities (lower is better, another scale) stay out of the bar chart.
+  bars = {row: {c: v for c, v in cells.items() if 'perplexity' not in c}
+          for row, cells in table.items()}
+  collect.plot(bars, os.path.join(root, 'table.png'), ylabel='dev metric',
                row_order=order, title=args.config)
   print(text)
   print(f'[repro] wrote {root}/table.md and table.png')

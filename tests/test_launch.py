@@ -191,5 +191,61 @@ def test_table5_recipe_configs_and_sweeps(tmp_path):
 def test_repro_comparison_table():
   table = {('mlm_nsp',): {'sentiment': collect.Cell([70.0, 72.0])}}
   text = repro.comparison(bert_table5, table)
-  assert '| mlm_nsp | BERT_BASE (MLM+NSP) | 71.0 ± 1.4 (2) | 92.7 |' in text
-  assert '| ltr_bilstm | + BiLSTM |  | 91.6 |  | 75.7 |  | 84.9 |' in text
+  assert '| mlm_nsp | BERT_BASE (MLM+NSP) | 71.0 ± 1.4 (2) | 84.4 | 88.4 | 86.7 | 92.7 | 88.5 |' \
+      in text
+  assert '| ltr_bilstm | + BiLSTM |  | 82.1 | 84.1 | 75.7 | 91.6 | 84.9 |' in text
+
+
+def test_repro_tabulates_every_metric_beside_its_baseline():
+  """Modernize has two columns (perplexity, chrF); the copy baseline sits in the chrF one,
+  read from a run's start event; accuracies are scaled to percent."""
+  from configs.repro import bart_table1
+  start = lambda **kw: {'step': 0, 'event': 'start', **kw}
+  runs = [collect.Run('task=modernize,setting=lm,seed=0', {'task': 'modernize', 'setting': 'lm'},
+                      [start(**{'baseline/chrf': 65.8}), {'step': 9, 'dev/chrf': 40.0,
+                                                          'dev/perplexity': 9.5}]),
+          collect.Run('task=sentiment,setting=lm,seed=0', {'task': 'sentiment', 'setting': 'lm'},
+                      [start(**{'baseline/accuracy': 0.6}), {'step': 9, 'dev/accuracy': 0.7}])]
+  table = repro.tabulate(bart_table1, runs)
+  assert table[('lm',)]['modernize chrf'].mean == 40.0
+  assert table[('lm',)]['modernize perplexity'].mean == 9.5
+  assert table[('lm',)]['sentiment'].mean == pytest.approx(70.0)
+  assert table[('copy the source',)]['modernize chrf'].mean == 65.8
+  assert table[('majority class',)]['sentiment'].mean == pytest.approx(60.0)
+  assert repro.row_order(bart_table1)[-2:] == [('majority class',), ('copy the source',)]
+
+
+@pytest.mark.parametrize('recipe_name', ['bart_table1', 't5_table2'])
+def test_objective_table_recipes(recipe_name):
+  """Every arm builds; equal compute per arm (steps x batch x encoder length); the sweep is
+  arms x tasks x 3 seeds; T5's P / 2P / M/2 parameter accounting holds."""
+  import importlib
+  from configs import base as base_cfg
+  from research import models
+  from research.models.config import ModelConfig
+  recipe = importlib.import_module(f'configs.repro.{recipe_name}')
+  arms = [r['arg.objective'] for r in recipe.get_sweep('stage=pretrain')]
+  assert arms == list(recipe.ARMS)
+  configs = {a: recipe.get_config(f'stage=pretrain,objective={a}') for a in arms}
+  budgets = {(c.train.steps, c.train.batch_size, c.data.max_seq_len) for c in configs.values()}
+  assert len(budgets) == 1, budgets
+  # Parameters of the layer stacks (the papers' P), without the 8000 x d token table.
+  params = {a: models.param_count(ModelConfig.from_config(c.model, vocab_size=8000))
+            - 8000 * base_cfg.model_field(c, 'd_model') for a, c in configs.items()}
+  finetunes = recipe.get_sweep('stage=finetune')
+  assert len(finetunes) == len(recipe.TASKS) * len(recipe.SETTINGS) * 3
+  for run in finetunes[:len(recipe.SETTINGS) * len(recipe.TASKS)]:
+    recipe.get_config(f"stage=finetune,task={run['arg.task']},setting={run['arg.setting']},"
+                      'pretrained=/p')
+  if recipe_name == 't5_table2':
+    ratio = lambda arm: params[arm] / params['lm-denoising']
+    assert 1.8 < ratio('enc_dec-denoising') < 2.6  # 2P (+ the decoder's cross-attention)
+    assert 0.9 < ratio('enc_dec_half-lm') < 1.4 and 0.9 < ratio('enc_dec_shared-lm') < 1.5
+    assert configs['prefix_lm-denoising'].objective.bidirectional_inputs
+    assert configs['lm-lm'].objective.name == 'clm'
+    assert configs['enc_dec-lm'].objective.name == 'prefix_lm'
+  else:
+    sizes = sorted(params.values())
+    assert sizes[-1] < 1.6 * sizes[0]  # comparable sizes, as BART Sec 4.1
+    assert configs['permuted_lm'].model.two_stream
+    assert configs['text_infilling'].objective.noises == 'infilling'

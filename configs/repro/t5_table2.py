@@ -1,0 +1,170 @@
+"""T5 Table 2 ("Performance of the different architectural variants") in miniature.
+
+  python -m launch.repro --config=configs/repro/t5_table2.py:variant=tiny    # the one command
+
+Architectures (Raffel et al. 2020, Sec 3.2.2), T5's switches everywhere (pre-norm RMSNorm,
+no biases, relative position bias, ReLU), at the paper's parameter (P) and cost (M)
+accounting with L = 4 layers of d 128 (tiny) or 12 of d 768 (base):
+  enc_dec         encoder-decoder, L + L layers               2P params, M FLOPs
+  enc_dec_shared  the same with one shared stack              P, M
+  enc_dec_half    encoder-decoder, L/2 + L/2 layers           P, M/2
+  lm              decoder-only language model, L layers       P, M
+  prefix_lm       decoder-only, bidirectional over the inputs P, M
+each pretrained with two objectives (Sec 3.2.3) on Austen, equal steps x batch:
+  denoising  span corruption (15%, mean span 3); the decoder-only rows read the corrupted
+             inputs then the targets as one sequence (the prefix LM bidirectionally over the
+             inputs) and are trained on the targets
+  lm         a random split of each window: prefix -> target (encoder-decoders: prefix into
+             the encoder; prefix LM: prefix visible both ways); the LM predicts every token
+Cost per arm: an L-layer stack over inputs + targets tokens, as in the paper: the encoder-decoder
+runs each input token through L encoder layers and each target through L decoder layers.
+Fine-tuned text to text like T5 (Sec 2.4), `seeds` seeds: paraphrase (~MRPC: the label as
+a word, scored by exact match = accuracy) and task=modernize (dev chrF and target perplexity,
+beside copy-the-source), with the decoder-only rows reading `source [SEP] target` (the prefix
+LM bidirectionally over the source).
+
+arg: variant=tiny|base; stage=pretrain|finetune; objective= (pretrain: <arch>-<objective>);
+task=, setting=; pretrained=DIR; seeds=3; corpus=; pretrain_steps= / finetune_steps=.
+variant=tiny: 500 pretraining steps of 32 examples (encoder length 128), fine-tuning 200
+(paraphrase) / 300 (modernize) steps at lr 1e-3, modernize decoded on 300 dev verses.
+variant=base: T5's baseline size and schedule (2^18 steps of 2^16 tokens; accelerators).
+"""
+from configs import base, finetune
+from launch import hyper
+
+# arch name -> (arch, encoder layers as a fraction of L, share stacks, prefix visible)
+ARCHS = {'enc_dec': ('encoder_decoder', 1, False, False),
+         'enc_dec_shared': ('encoder_decoder', 1, True, False),
+         'enc_dec_half': ('encoder_decoder', 0.5, False, False),
+         'lm': ('decoder', 1, False, False),
+         'prefix_lm': ('decoder', 1, False, True)}
+OBJECTIVES = ('denoising', 'lm')
+ARMS = tuple(f'{arch}-{objective}' for objective in OBJECTIVES for arch in ARCHS)
+SETTINGS = {arm: arm for arm in ARMS}
+TASKS = ('paraphrase', 'modernize')
+METRICS = {'paraphrase': (('dev/accuracy', 100),),
+           'modernize': (('dev/chrf', 1), ('dev/perplexity', 1))}
+BASELINES = {'paraphrase': ('majority class', 'baseline/accuracy', 'dev/accuracy'),
+             'modernize': ('copy the source', 'baseline/chrf', 'dev/chrf')}
+# T5 Table 2 (T5 base-size models, 2^35 tokens of C4): GLUE average, CNN/DM ROUGE-2-F,
+# SQuAD exact match.
+PAPER_NAME = 'T5 Table 2'
+PAPER_COLUMNS = ('GLUE', 'CNNDM', 'SQuAD')
+PAPER = {
+    'enc_dec-denoising': (83.28, 19.24, 80.88),
+    'enc_dec_shared-denoising': (82.81, 18.78, 80.63),
+    'enc_dec_half-denoising': (80.88, 18.97, 77.59),
+    'lm-denoising': (74.70, 17.93, 61.14),
+    'prefix_lm-denoising': (81.82, 18.61, 78.94),
+    'enc_dec-lm': (79.56, 18.59, 76.02),
+    'enc_dec_shared-lm': (79.60, 18.13, 76.35),
+    'enc_dec_half-lm': (78.67, 18.26, 75.32),
+    'lm-lm': (73.78, 17.54, 53.81),
+    'prefix_lm-lm': (79.68, 17.84, 76.87),
+}
+PAPER_ROW_NAMES = {
+    'enc_dec': 'Encoder-decoder (2P, M)', 'enc_dec_shared': 'Enc-dec, shared (P, M)',
+    'enc_dec_half': 'Enc-dec, 6 layers (P, M/2)', 'lm': 'Language model (P, M)',
+    'prefix_lm': 'Prefix LM (P, M)'}
+PAPER_ROW_NAMES = {arm: f'{PAPER_ROW_NAMES[arm.split("-")[0]]}, '
+                        f'{"Denoising" if arm.endswith("denoising") else "LM"}' for arm in ARMS}
+
+VARIANTS = {
+    'tiny': dict(width='tiny', layers=4, pretrain_steps=500, batch=32, seq_len=128, lr=1e-3,
+                 warmup=50, finetune_steps=200, seq2seq_steps=300, finetune_lr=1e-3,
+                 eval_limit=300),
+    'base': dict(width='base', layers=12, pretrain_steps=2**18, batch=128, seq_len=512,
+                 lr=1e-3, warmup=10_000, finetune_steps=2**18, seq2seq_steps=2**18,
+                 finetune_lr=1e-3, eval_limit=0),
+}
+
+
+def _args(arg: str) -> dict:
+  args = base.parse_arg(arg, variant='tiny', stage='pretrain', objective='enc_dec-denoising',
+                        task='paraphrase', setting='enc_dec-denoising', pretrained='',
+                        seeds=3, corpus='', pretrain_steps=0, finetune_steps=0)
+  if args['variant'] not in VARIANTS:
+    raise ValueError(f"variant={args['variant']!r}; use one of {sorted(VARIANTS)}")
+  return args
+
+
+def _pretrain_config(args: dict, variant: dict):
+  arm = args['objective']
+  if arm not in ARMS:
+    raise ValueError(f'objective={arm!r}; use one of {", ".join(ARMS)}')
+  arch_name, objective = arm.split('-')
+  arch, fraction, share, prefix = ARCHS[arch_name]
+  c = base.get_config()
+  c.model.size = f"t5-{variant['width']}"
+  c.model.arch = arch
+  c.model.num_layers = int(variant['layers'] * fraction)
+  c.model.share_stacks = share
+  if objective == 'denoising':
+    c.objective.name = 'span_corruption'
+    c.objective.bidirectional_inputs = prefix
+  else:
+    c.objective.name = 'prefix_lm' if (arch == 'encoder_decoder' or prefix) else 'clm'
+  c.data.corpus = args['corpus']
+  c.data.max_seq_len = variant['seq_len']
+  c.train.steps = args['pretrain_steps'] or variant['pretrain_steps']
+  c.train.batch_size = variant['batch']
+  c.train.eval_every = max(c.train.steps // 2, 1)
+  c.checkpoint.every = c.train.eval_every
+  c.checkpoint.keep = 1
+  c.train.log_every = 100
+  c.optim.learning_rate = variant['lr']
+  c.optim.warmup_steps = min(variant['warmup'], c.train.steps // 10)
+  return c
+
+
+def _finetune_config(args: dict, variant: dict):
+  setting, task = args['setting'], args['task']
+  if setting not in SETTINGS:
+    raise ValueError(f'setting={setting!r}; use one of {", ".join(SETTINGS)}')
+  if task not in TASKS:
+    raise ValueError(f'task={task!r}; use one of {TASKS}')
+  pretrained = args['pretrained']
+  if not pretrained:
+    raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
+                     'objective=<name> pretraining runs')
+  c = finetune.get_config(f'task={task}').unlock()
+  c.finetune.init_from = f'{pretrained}/objective={setting}'
+  c.finetune.bidirectional_prompt = ARCHS[setting.split('-')[0]][3]
+  if task == 'paraphrase':  # T5's MRPC words (Appendix D)
+    c.finetune.text_to_text = True
+    c.finetune.label_words = 'not_equivalent,equivalent'
+    c.data.max_seq_len = 160
+    c.task.max_target_len = 8
+  else:
+    c.data.max_seq_len = 128
+    c.task.max_target_len = 64
+  c.task.train = f'{c.task.data_dir}/train.tsv.gz'
+  c.task.dev = f'{c.task.data_dir}/dev.tsv.gz'
+  c.task.data_dir = ''
+  c.task.eval_limit = variant['eval_limit']
+  steps = args['finetune_steps'] or variant['seq2seq_steps' if task == 'modernize'
+                                            else 'finetune_steps']
+  c.finetune.epochs = 0.0
+  c.train.steps = steps
+  c.train.eval_every = 10**9  # dev once, at the end (the table's number)
+  c.checkpoint.every = 10**9
+  c.optim.learning_rate = variant['finetune_lr']
+  return c
+
+
+def get_config(arg: str = ''):
+  args = _args(arg)
+  variant = VARIANTS[args['variant']]
+  if args['stage'] == 'pretrain':
+    return _pretrain_config(args, variant).lock()
+  return _finetune_config(args, variant).lock()
+
+
+def get_sweep(arg: str = ''):
+  """stage=pretrain: the 10 arch x objective arms; stage=finetune: task x arm x seed."""
+  args = _args(arg)
+  if args['stage'] == 'pretrain':
+    return hyper.sweep('arg.objective', ARMS)
+  return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
+                       hyper.sweep('config.train.seed', range(args['seeds'])),
+                       [{'arg.pretrained': '{root}'}])
