@@ -4,6 +4,8 @@
 
 variant: tiny / mini (laptop decoders with BERT-tiny / BERT-mini shapes), gpt1,
 gpt2-124m ... gpt2-1558m, gpt3-125m ... gpt3-175b (research/models/presets.py).
+prefix=1: T5's prefix LM instead (each window split at a random point; the prefix is read
+bidirectionally, the rest left to right; research/objectives/prefix_lm.py).
 
 Expected (variant=tiny, defaults, 2-core CPU): ~1 minute for 600 steps; held-out perplexity
 far below the unigram baseline (see README "Results").
@@ -12,11 +14,11 @@ from configs import base
 
 
 def get_config(arg: str = ''):
-  args = base.parse_arg(arg, variant='tiny')
+  args = base.parse_arg(arg, variant='tiny', prefix=0)
   c = base.get_config()
   v = args['variant']
   c.model.size = f'gpt-{v}' if v in ('tiny', 'mini') else v
-  c.objective.name = 'clm'
+  c.objective.name = 'prefix_lm' if args['prefix'] else 'clm'
   c.data.max_seq_len = 128
   c.train.steps = 600
   c.train.batch_size = 32

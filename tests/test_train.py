@@ -44,7 +44,12 @@ def configure(config, corpus: str, steps_: int) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize('config_arg', ['configs/bert.py:variant=tiny',
                                         'configs/bert.py:variant=tiny,nsp=0',
-                                        'configs/gpt.py:variant=tiny'])
+                                        'configs/gpt.py:variant=tiny',
+                                        'configs/gpt.py:variant=tiny,prefix=1',
+                                        'configs/t5.py:variant=tiny',
+                                        'configs/bart.py:variant=tiny,noise=infilling,permute',
+                                        'configs/unilm.py:variant=tiny',
+                                        'configs/xlnet.py:variant=tiny'])
 def test_two_step_cli_run(config_arg, small_corpus, tmp_path):
   workdir = os.path.relpath(tmp_path, REPO)  # a relative --workdir, as the README shows
   result = run_main(f'--config={config_arg}', f'--workdir={workdir}',
@@ -64,7 +69,8 @@ def test_two_step_cli_run(config_arg, small_corpus, tmp_path):
 def every_config():
   """(file, arg) of every config file and its variants / stages (README, repro recipes)."""
   variants = {'bert': ['variant=tiny', 'variant=mini', 'variant=base', 'nsp=0'],
-              'gpt': ['variant=tiny', 'variant=gpt2-124m', 'variant=gpt3-175b'],
+              'gpt': ['variant=tiny', 'variant=gpt2-124m', 'variant=gpt3-175b', 'prefix=1'],
+              'unilm': ['variant=tiny', 'variant=base'], 'xlnet': ['variant=tiny'],
               't5': ['variant=tiny', 'variant=small', 'variant=1.1-base'],
               'bart': ['variant=tiny', 'variant=base', 'noise=masking,rotate'],
               'finetune': ['task=sentiment', 'task=paraphrase', 'task=tagging',
