@@ -23,11 +23,5 @@ def get_config(arg: str = ''):
   c.model.size = f'bart-{v}'
   c.objective.name = 'denoising'
   c.objective.noises = args['noise']
-  c.data.max_seq_len = 128
-  c.train.steps = 600
-  c.train.batch_size = 32
-  c.train.eval_every = 200
-  c.checkpoint.every = 200
-  c.optim.learning_rate = 1e-3 if v in ('tiny', 'mini') else 1e-4
-  c.optim.warmup_steps = 60
+  base.laptop_pretraining(c, v)
   return c.lock()

@@ -148,6 +148,37 @@ def parse_arg(arg: str, **defaults) -> dict:
   return values
 
 
+def pretraining_schedule(c: ml_collections.ConfigDict, *, steps: int, batch_size: int,
+                         learning_rate: float, warmup_steps: int, evaluations: int,
+                         seq_len: int = 128) -> None:
+  """Steps, batch, sequence length, rate and warmup of a pretraining run, evaluated and
+  checkpointed `evaluations` times (the last at the final step)."""
+  c.data.max_seq_len = seq_len
+  c.train.steps = steps
+  c.train.batch_size = batch_size
+  c.train.eval_every = c.checkpoint.every = max(steps // evaluations, 1)
+  c.optim.learning_rate = learning_rate
+  c.optim.warmup_steps = warmup_steps
+
+
+def laptop_pretraining(c: ml_collections.ConfigDict, variant: str) -> None:
+  """The schedule of the per-family configs (configs/bert.py ...): 600 steps of 32 x 128
+  tokens, at 1e-3 for the laptop sizes (tiny, mini) and 1e-4 for published ones."""
+  pretraining_schedule(c, steps=600, batch_size=32, warmup_steps=60, evaluations=3,
+                       learning_rate=1e-3 if variant in ('tiny', 'mini') else 1e-4)
+
+
+def dev_once(c: ml_collections.ConfigDict, *, steps: int, learning_rate: float) -> None:
+  """A reproduction's fine-tuning run: `steps` updates (0: the config's epochs), then one dev
+  evaluation at the end (the table's number); no intermediate checkpoints."""
+  if steps:
+    c.finetune.epochs = 0.0
+    c.train.steps = steps
+  c.train.eval_every = 10**9
+  c.checkpoint.every = 10**9
+  c.optim.learning_rate = learning_rate
+
+
 def model_field(c: ml_collections.ConfigDict, name: str):
   """A model field as the run will see it: the override if set, else the preset's."""
   from research.models.presets import architecture  # configs stay importable without jax

@@ -19,12 +19,7 @@ def get_config(arg: str = ''):
   v = args['variant']
   c.model.size = f'gpt-{v}' if v in ('tiny', 'mini') else v
   c.objective.name = 'prefix_lm' if args['prefix'] else 'clm'
-  c.data.max_seq_len = 128
-  c.train.steps = 600
-  c.train.batch_size = 32
-  c.train.eval_every = 200
-  c.checkpoint.every = 200
-  c.optim.learning_rate = 1e-3 if v in ('tiny', 'mini') else 2.5e-4
-  c.optim.warmup_steps = 60
+  base.laptop_pretraining(c, v)
+  c.optim.learning_rate = 1e-3 if v in ('tiny', 'mini') else 2.5e-4  # GPT-2's rate
   c.optim.weight_decay = 0.1
   return c.lock()

@@ -20,13 +20,7 @@ def get_config(arg: str = ''):
   c = base.get_config()
   c.model.size = f't5-{v}' if not v.startswith('1.1') else f't5.{v}'
   c.objective.name = 'span_corruption'
-  c.data.max_seq_len = 128
-  c.train.steps = 600
-  c.train.batch_size = 32
-  c.train.eval_every = 200
-  c.checkpoint.every = 200
   # T5 pretrains with Adafactor at 1e-2 (inverse square root); AdamW at BERT-like rates is
   # the stable choice for the small models trained here.
-  c.optim.learning_rate = 1e-3 if v in ('tiny', 'mini') else 1e-4
-  c.optim.warmup_steps = 60
+  base.laptop_pretraining(c, v)
   return c.lock()

@@ -19,11 +19,5 @@ def get_config(arg: str = ''):
   c.model.size = f"bert-{args['variant']}"
   c.model.two_stream = True
   c.objective.name = 'plm'
-  c.data.max_seq_len = 128
-  c.train.steps = 600
-  c.train.batch_size = 32
-  c.train.eval_every = 200
-  c.checkpoint.every = 200
-  c.optim.learning_rate = 1e-3 if args['variant'] in ('tiny', 'mini') else 1e-4
-  c.optim.warmup_steps = 60
+  base.laptop_pretraining(c, args['variant'])
   return c.lock()

@@ -3,19 +3,16 @@ import functools
 import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
-from ml_collections import config_flags  # noqa: F401  (configs are plain modules)
 
-from configs import bert as bert_config, gpt as gpt_config
+from configs import gpt as gpt_config
 from research import (checkpointing, models, objectives, optim, sharding, state as state_lib,
                       steps, train)
 from research.models import presets

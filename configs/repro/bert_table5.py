@@ -89,15 +89,13 @@ def _pretrain_config(args: dict, variant: dict):
   c.model.arch = 'decoder' if objective == 'clm' else 'encoder'
   c.objective.name = objective
   c.data.corpus = args['corpus']
-  c.data.max_seq_len = 128
-  c.train.steps = args['pretrain_steps'] or variant['pretrain_steps']
-  c.train.batch_size = variant['batch']
-  c.train.eval_every = max(c.train.steps // 4, 1)
-  c.checkpoint.every = c.train.eval_every
+  steps = args['pretrain_steps'] or variant['pretrain_steps']
+  base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
+                            learning_rate=variant['lr'], evaluations=4,
+                            warmup_steps=min(variant['warmup'], steps // 10),
+                            seq_len=128)
   c.checkpoint.keep = 1
   c.train.log_every = 100
-  c.optim.learning_rate = variant['lr']
-  c.optim.warmup_steps = min(variant['warmup'], c.train.steps // 10)
   return c
 
 
@@ -122,12 +120,7 @@ def _finetune_config(args: dict, variant: dict):
   c.finetune.bilstm_size = base.model_field(c, 'd_model') // 2 if bilstm else 0
   c.finetune.lm_loss_weight = 0.0  # Table 5 fine-tunes every model alike: task loss only
   steps = args['finetune_steps'] or variant['finetune_steps']
-  if steps:
-    c.finetune.epochs = 0.0
-    c.train.steps = steps
-  c.train.eval_every = 10**9  # dev once, at the end (the table's number)
-  c.checkpoint.every = 10**9
-  c.optim.learning_rate = args['finetune_lr'] or variant['finetune_lr']
+  base.dev_once(c, steps=steps, learning_rate=args['finetune_lr'] or variant['finetune_lr'])
   return c
 
 

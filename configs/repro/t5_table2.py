@@ -105,15 +105,13 @@ def _pretrain_config(args: dict, variant: dict):
   else:
     c.objective.name = 'prefix_lm' if (arch == 'encoder_decoder' or prefix) else 'clm'
   c.data.corpus = args['corpus']
-  c.data.max_seq_len = variant['seq_len']
-  c.train.steps = args['pretrain_steps'] or variant['pretrain_steps']
-  c.train.batch_size = variant['batch']
-  c.train.eval_every = max(c.train.steps // 2, 1)
-  c.checkpoint.every = c.train.eval_every
+  steps = args['pretrain_steps'] or variant['pretrain_steps']
+  base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
+                            learning_rate=variant['lr'], evaluations=2,
+                            warmup_steps=min(variant['warmup'], steps // 10),
+                            seq_len=variant['seq_len'])
   c.checkpoint.keep = 1
   c.train.log_every = 100
-  c.optim.learning_rate = variant['lr']
-  c.optim.warmup_steps = min(variant['warmup'], c.train.steps // 10)
   return c
 
 
@@ -144,11 +142,7 @@ def _finetune_config(args: dict, variant: dict):
   c.task.eval_limit = variant['eval_limit']
   steps = args['finetune_steps'] or variant['seq2seq_steps' if task == 'modernize'
                                             else 'finetune_steps']
-  c.finetune.epochs = 0.0
-  c.train.steps = steps
-  c.train.eval_every = 10**9  # dev once, at the end (the table's number)
-  c.checkpoint.every = 10**9
-  c.optim.learning_rate = variant['finetune_lr']
+  base.dev_once(c, steps=steps, learning_rate=variant['finetune_lr'])
   return c
 
 

@@ -40,6 +40,30 @@ def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
   return {'k': jnp.zeros(shape, cfg.compute_dtype), 'v': jnp.zeros(shape, cfg.compute_dtype)}
 
 
+def init_stack_cache(cfg: ModelConfig, batch: int, length: int, num_layers: int) -> dict:
+  """A stack's KV cache of `length` slots: per-layer self-attention keys/values and which
+  slots hold real tokens."""
+  return {'layers': [{'self': init_kv_cache(batch, length, cfg)} for _ in range(num_layers)],
+          'key_valid': jnp.zeros((batch, length), bool)}
+
+
+def slots_and_keys(valid: jax.Array, cache: dict | None, cache_index: jax.Array | int):
+  """Where a call's tokens sit and what they may attend over.
+
+  valid [batch, length]: which of the new tokens are real. Without a cache the keys are the
+  tokens themselves; with one, the tokens take slots cache_index .. cache_index + length and
+  the keys are every cache slot, real where a token was ever written.
+  Returns (query slots [1, length], key slots [1, keys], key validity [batch, keys]).
+  """
+  length = valid.shape[1]
+  query_slots = cache_index + jnp.arange(length)[None]  # [1, length]
+  if cache is None:
+    return query_slots, query_slots, valid
+  key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], valid.astype(bool),
+                                           (0, cache_index))
+  return query_slots, jnp.arange(key_valid.shape[1])[None], key_valid
+
+
 class MultiHeadAttention(nn.Module):
   """Vaswani et al. 2017, Sec 3.2.2: softmax(Q K^T / sqrt(d_k) + bias) V over `num_heads` heads."""
   cfg: ModelConfig

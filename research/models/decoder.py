@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import masks
-from research.models.attention import init_kv_cache
+from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.heads import LmHead
 from research.models.layers import Embeddings
@@ -59,22 +59,15 @@ class Decoder(nn.Module):
     batch, length = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((batch, length), bool)
-    query_slots = cache_index + jnp.arange(length)[None]  # [1, length]
-    if positions is None:
-      positions = jnp.broadcast_to(query_slots, (batch, length))
-
     if cache is None:
       cfg.check_length(length)
-      key_slots, key_valid, layer_caches = query_slots, attention_mask, None
-    else:
-      key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], attention_mask.astype(bool),
-                                               (0, cache_index))
-      key_slots = jnp.arange(key_valid.shape[1])[None]
-      layer_caches = cache['layers']
+    query_slots, key_slots, key_valid = slots_and_keys(attention_mask, cache, cache_index)
+    if positions is None:
+      positions = jnp.broadcast_to(query_slots, (batch, length))
     x = self.embeddings(input_ids, positions, deterministic=deterministic)
     out = self.stack(x, causal_masks(cfg, query_slots, key_slots, key_valid, prefix_len),
                      causal=True, positions=(query_slots, key_slots), deterministic=deterministic,
-                     cache=layer_caches, cache_index=cache_index,
+                     cache=None if cache is None else cache['layers'], cache_index=cache_index,
                      return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}
     return DecoderOutput(logits=self.lm_head(out.hidden, self.embeddings) if logits else None,
@@ -84,9 +77,7 @@ class Decoder(nn.Module):
   def init_cache(self, batch: int, length: int) -> dict:
     """A KV cache of `length` slots: per-layer keys/values and which slots hold real tokens."""
     self.cfg.check_length(length)
-    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
-                       for _ in range(self.cfg.num_layers)],
-            'key_valid': jnp.zeros((batch, length), bool)}
+    return init_stack_cache(self.cfg, batch, length, self.cfg.num_layers)
 
   def prefill(self, ids, mask, cache_len: int, bidirectional_prompt: bool = False):
     """Runs left-padded prompts ids, mask [batch, prompt] into a fresh cache of cache_len slots.

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import masks
-from research.models.attention import init_kv_cache
+from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.heads import ClassifierHead, MlmHead, Pooler
 from research.models.layers import Embeddings, dense_init
@@ -68,15 +68,9 @@ class Encoder(nn.Module):
     batch, length = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    slots = cache_index + jnp.arange(length)[None]  # [1, length]
     if cache is None:
       cfg.check_length(length)
-      key_slots, key_valid, layer_caches = slots, attention_mask, None
-    else:
-      key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], attention_mask.astype(bool),
-                                               (0, cache_index))
-      key_slots = jnp.arange(key_valid.shape[1])[None]
-      layer_caches = cache['layers']
+    slots, key_slots, key_valid = slots_and_keys(attention_mask, cache, cache_index)
     q_order = slots if order is None else order
     k_order = key_slots if order is None else order
     mask = masks.attention_mask(q_order, k_order, key_valid, kind=mask_kind,
@@ -93,8 +87,8 @@ class Encoder(nn.Module):
                                       deterministic=deterministic)
       query_mask = masks.attention_mask(q_order, k_order, key_valid, kind='strictly_causal')
     out = self.stack(x, (mask, None), positions=(slots, key_slots), query=query,
-                     query_mask=query_mask, deterministic=deterministic, cache=layer_caches,
-                     cache_index=cache_index, return_intermediates=return_intermediates)
+                     query_mask=query_mask, deterministic=deterministic,
+                     cache=None if cache is None else cache['layers'], cache_index=cache_index, return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}
     return EncoderOutput(hidden=out.hidden, pooled=self.pooler(out.hidden),
                          hidden_states=out.hidden_states, attentions=out.attentions,
@@ -130,9 +124,7 @@ class EncoderLM(nn.Module):
   # --- generation with the seq2seq mask (UniLM Sec 3.2) ---
   def init_cache(self, batch: int, length: int) -> dict:
     """`length` slots (generate.py checks prompt + new tokens against the positions)."""
-    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
-                       for _ in range(self.cfg.num_layers)],
-            'key_valid': jnp.zeros((batch, length), bool)}
+    return init_stack_cache(self.cfg, batch, length, self.cfg.num_layers)
 
   def _mask_step(self, ids, mask, positions, segments, cache, slot, prefix_len=None):
     """Runs ids (the last one a [MASK]) into the cache; logits of that [MASK] [batch, vocab]."""

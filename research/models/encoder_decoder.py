@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import masks
-from research.models.attention import init_kv_cache
+from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.decoder import DecoderOutput
 from research.models.heads import LmHead
@@ -79,16 +79,11 @@ class EncoderDecoder(nn.Module):
     batch, length = decoder_input_ids.shape
     if decoder_mask is None:
       decoder_mask = jnp.ones((batch, length), bool)
-    query_slots = cache_index + jnp.arange(length)[None]  # [1, target_len]
     if cache is None:
       cfg.check_length(length, 'target')
-      key_slots, key_valid, layer_caches = query_slots, decoder_mask, None
-    else:
-      key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], decoder_mask.astype(bool),
-                                               (0, cache_index))
-      key_slots = jnp.arange(key_valid.shape[1])[None]
-      layer_caches = cache['layers']
-      memory_valid = cache['memory_valid'] if memory_valid is None else memory_valid
+    elif memory_valid is None:
+      memory_valid = cache['memory_valid']
+    query_slots, key_slots, key_valid = slots_and_keys(decoder_mask, cache, cache_index)
     self_mask = masks.attention_mask(query_slots, key_slots, key_valid, kind='causal')
     source_order = jnp.arange(memory_valid.shape[1])[None]
     cross_mask = masks.attention_mask(query_slots, source_order, memory_valid)  # [b, 1, T, S]
@@ -97,7 +92,8 @@ class EncoderDecoder(nn.Module):
     out = self.decoder_stack(x, (self_mask, None), causal=True,
                              positions=(query_slots, key_slots), memory=memory,
                              memory_mask=cross_mask, deterministic=deterministic,
-                             cache=layer_caches, cache_index=cache_index,
+                             cache=None if cache is None else cache['layers'],
+                             cache_index=cache_index,
                              return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid,
                                             'memory_valid': memory_valid}
@@ -124,9 +120,7 @@ class EncoderDecoder(nn.Module):
     """Decoder self-attention caches of `length` slots (the cross-attention keys and values
     are added by `prefill`) and which slots hold real tokens."""
     self.cfg.check_length(length, 'target')
-    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
-                       for _ in range(self.cfg.decoder_layers)],
-            'key_valid': jnp.zeros((batch, length), bool)}
+    return init_stack_cache(self.cfg, batch, length, self.cfg.decoder_layers)
 
   def prefill(self, source_ids, source_mask, start_ids, cache_len: int):
     """Encodes source_ids, source_mask [batch, S] once and feeds start_ids [batch].

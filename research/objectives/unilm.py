@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from research.objectives import base, mlm, nsp
+from research.objectives import mlm, nsp
 
 KINDS = ('bidirectional', 'seq2seq', 'l2r', 'r2l')
 SHARES = (2, 2, 1, 1)  # sixths: 1/3, 1/3, 1/6, 1/6 (Sec 2.3)
