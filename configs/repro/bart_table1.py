@@ -128,6 +128,8 @@ def _pretrain_config(args: dict, variant: dict):
   for key, value in extras.items():
     c.objective[key] = value
   c.data.corpus = args['corpus']
+  if args['pretrained']:  # the sweep root: every arm shares one tokenizer, trained once
+    c.data.tokenizer.path = f"{args['pretrained']}/tokenizer.model"
   steps = args['pretrain_steps'] or variant['pretrain_steps']
   base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
                             learning_rate=variant['lr'], evaluations=2,
@@ -153,7 +155,7 @@ def _finetune_config(args: dict, variant: dict):
     c.finetune.init_from = f'{pretrained}/objective={setting}'
   else:  # random weights, the BART architecture, the pretrained models' tokenizer
     _architecture(c, 'text_infilling', variant)
-    c.data.tokenizer.path = f'{pretrained}/objective=text_infilling/tokenizer.model'
+    c.data.tokenizer.path = f'{pretrained}/tokenizer.model'
   # Train and dev only (the table's numbers; no time spent on test); modernize is decoded on
   # the first eval_limit dev verses.
   c.task.train = f'{c.task.data_dir}/train.tsv.gz'
@@ -182,7 +184,8 @@ def get_sweep(arg: str = ''):
   """stage=pretrain: one run per objective; stage=finetune: task x setting x seed."""
   args = _args(arg)
   if args['stage'] == 'pretrain':
-    return hyper.sweep('arg.objective', list(ARMS))
+    return hyper.product(hyper.sweep('arg.objective', list(ARMS)),
+                         [{'arg.pretrained': '{root}'}])
   return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
                        hyper.sweep('config.train.seed', range(args['seeds'])),
                        [{'arg.pretrained': '{root}'}])

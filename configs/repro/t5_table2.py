@@ -105,6 +105,8 @@ def _pretrain_config(args: dict, variant: dict):
   else:
     c.objective.name = 'prefix_lm' if (arch == 'encoder_decoder' or prefix) else 'clm'
   c.data.corpus = args['corpus']
+  if args['pretrained']:  # the sweep root: every arm shares one tokenizer, trained once
+    c.data.tokenizer.path = f"{args['pretrained']}/tokenizer.model"
   steps = args['pretrain_steps'] or variant['pretrain_steps']
   base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
                             learning_rate=variant['lr'], evaluations=2,
@@ -158,7 +160,7 @@ def get_sweep(arg: str = ''):
   """stage=pretrain: the 10 arch x objective arms; stage=finetune: task x arm x seed."""
   args = _args(arg)
   if args['stage'] == 'pretrain':
-    return hyper.sweep('arg.objective', ARMS)
+    return hyper.product(hyper.sweep('arg.objective', ARMS), [{'arg.pretrained': '{root}'}])
   return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
                        hyper.sweep('config.train.seed', range(args['seeds'])),
                        [{'arg.pretrained': '{root}'}])
