@@ -116,7 +116,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   metrics = means(terms)
   metrics['grad_norm'] = optax.tree.norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return steps.skip_if_nonfinite(state, new_state, metrics)
 
 
 def eval_step(params, batch: dict[str, jax.Array], *, model: nn.Module,
