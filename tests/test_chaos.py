@@ -1,0 +1,206 @@
+"""Chaos: a real CLI run killed at random moments ends exactly where an uninterrupted run ends.
+
+Each kill stops a `python -m research.main` pretraining run: SIGKILL at a random moment after
+a random step, while an asynchronous checkpoint save is on disk half-written, while the run
+evaluates, or while it starts up; SIGTERM once (the run must save the step it is on and exit
+with 143). After every kill the same command runs again; it must resume from the newest
+complete checkpoint on disk (from exactly the SIGTERM step), and the run that finally
+completes must report the same train loss at every step and the same final eval loss, bit for
+bit, as a run never interrupted.
+
+  test_chaos_short (CI): SIGKILL during a save, SIGTERM, SIGKILL at a random moment.
+  test_chaos_long (`make chaos`, slow): 10 SIGKILLs + 1 SIGTERM; prints the table of kills.
+CHAOS_SEED=<int> replays a schedule of random choices (kill timing still depends on the
+machine's speed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+
+import pytest
+
+from tests.conftest import LiveRun, tiny_overrides
+
+CHECKPOINT_EVERY = 5
+EVAL_EVERY = 20
+
+
+def _args(corpus: str, workdir, steps: int) -> list[str]:
+  return ['--config=configs/gpt.py:variant=tiny', f'--workdir={workdir}',
+          *tiny_overrides(corpus, steps), f'--config.checkpoint.every={CHECKPOINT_EVERY}',
+          f'--config.train.eval_every={EVAL_EVERY}', '--config.train.eval_batches=8']
+
+
+def _checkpoint_dir(workdir):
+  return os.path.join(workdir, 'checkpoints')
+
+
+def _complete_steps(workdir) -> list[int]:
+  directory = _checkpoint_dir(workdir)
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def _saves_in_flight(workdir) -> set[tuple[str, int]]:
+  """(name, inode) of Orbax's temporary step directories: a save not yet committed."""
+  directory = _checkpoint_dir(workdir)
+  try:
+    with os.scandir(directory) as entries:
+      return {(e.name, e.inode()) for e in entries if 'orbax-checkpoint-tmp' in e.name}
+  except FileNotFoundError:
+    return set()
+
+
+def _final_metrics(workdir) -> tuple[dict[int, float], float]:
+  """(train loss of every step, final eval loss); metrics.jsonl is append-only, so a step
+  recomputed after a kill has several records: the last one counts."""
+  train, evals = {}, {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      if 'train/loss' in record:
+        train[record['step']] = record['train/loss']
+      if 'eval/loss' in record:
+        evals[record['step']] = record['eval/loss']
+  return train, evals[max(evals)]
+
+
+@dataclasses.dataclass
+class Kill:
+  signal: str
+  trigger: str  # start | random | save | eval
+  time_s: float = 0.0  # since the process started
+  phase: str = ''  # what the run was doing: start / step / eval, '+save' with a save in flight
+  last_step: int | None = None
+  exit_status: int | None = None
+  on_disk: int = 0  # the newest complete checkpoint after the kill
+  resumed_from: int | None = None  # what the next run restored (0: a fresh start)
+
+
+def _phase(run: LiveRun, workdir, saves_before) -> str:
+  step = run.last_step()
+  if step is None:
+    phase = 'start'
+  elif step % EVAL_EVERY == 0 and not run.evaluated(step):
+    phase = 'eval'
+  else:
+    phase = 'step'
+  return phase + ('+save' if _saves_in_flight(workdir) - saves_before else '')
+
+
+def _kill_when_due(run: LiveRun, kill: Kill, workdir, steps: int, rng: random.Random) -> bool:
+  """Waits for the kill's trigger and sends its signal; False if the run finished first."""
+  saves_before = _saves_in_flight(workdir)
+  resumed = max(_complete_steps(workdir), default=0)
+  if kill.trigger == 'start':
+    delay = rng.uniform(0.5, 4.0)
+    due = lambda: run.elapsed() > delay
+  elif kill.trigger == 'save':
+    due = lambda: bool(_saves_in_flight(workdir) - saves_before)
+  elif kill.trigger == 'eval':
+    due = lambda: (s := run.last_step()) is not None and s > resumed and s % EVAL_EVERY == 0
+  else:
+    target = rng.randint(resumed + 1, max(resumed + 1, min(resumed + 25, steps - 10)))
+    due = lambda: (run.last_step() or 0) >= target
+  if not run.wait_for(due):
+    return False
+  if kill.trigger == 'random':
+    moment = run.elapsed() + rng.uniform(0, 0.3)  # anywhere in the next few steps
+    run.wait_for(lambda: run.elapsed() > moment)
+  kill.phase = _phase(run, workdir, saves_before)
+  kill.time_s = run.elapsed()
+  kill.last_step = run.last_step()
+  run.process.send_signal(getattr(signal, kill.signal))
+  return True
+
+
+def run_chaos(corpus: str, tmp_path, plan: list[tuple[str, str]], steps: int,
+              seed: int) -> tuple[list[Kill], float, float]:
+  """Runs the plan of (signal, trigger) kills, then the run to its end, and an uninterrupted
+  reference run. Returns the kills, the final eval loss of the killed run and of the
+  reference; asserts every resume and the bit-for-bit equality of all losses."""
+  rng = random.Random(seed)
+  reference = LiveRun(*_args(corpus, tmp_path / 'reference', steps))
+  assert reference.finish() == 0, reference.text()
+
+  workdir = tmp_path / 'chaos'
+  kills = [Kill(sig, trigger) for sig, trigger in plan]
+  previous = None
+  for kill in [*kills, None]:
+    on_disk = max(_complete_steps(workdir), default=0)
+    lock = workdir / 'writer.lock'
+    left_locked = lock.exists() and lock.read_text() != ''  # SIGKILL cannot release it
+    run = LiveRun(*_args(corpus, workdir, steps))
+    if previous is not None:  # every restart resumes from what the kill left on disk
+      assert run.wait_for(lambda: run.resumed_from() is not None or run.last_step() is not None), (
+          run.text())
+      previous.resumed_from = run.resumed_from() or 0
+      assert previous.resumed_from == on_disk, (previous, run.text())
+      assert any('taking over' in l for l in run.stderr) == left_locked, run.text()
+      if previous.signal == 'SIGTERM':  # the step in progress was saved
+        assert on_disk >= previous.last_step, previous
+    if kill is None:
+      assert run.finish() == 0, run.text()
+      break
+    assert _kill_when_due(run, kill, workdir, steps, rng), (
+        f'the run finished before the {kill.trigger} trigger: {run.text()}')
+    kill.exit_status = run.finish()
+    kill.on_disk = max(_complete_steps(workdir), default=0)
+    if kill.signal == 'SIGKILL':
+      assert kill.exit_status == -signal.SIGKILL, (kill, run.text())
+    else:
+      assert kill.exit_status == 128 + signal.SIGTERM, (kill, run.text())
+      [line] = [l for l in run.stderr if l.startswith('preempted:')]
+      assert f'stopped by SIGTERM after step {kill.on_disk};' in line, line
+    previous = kill
+
+  chaos_losses, chaos_eval = _final_metrics(workdir)
+  reference_losses, reference_eval = _final_metrics(tmp_path / 'reference')
+  assert sorted(chaos_losses) == list(range(1, steps + 1))
+  assert chaos_losses == reference_losses  # every step, bit for bit
+  assert chaos_eval == reference_eval
+  return kills, chaos_eval, reference_eval
+
+
+def _seed() -> int:
+  return int(os.environ.get('CHAOS_SEED', random.randrange(10**6)))
+
+
+def format_table(kills: list[Kill], chaos_eval: float, reference_eval: float, seed: int) -> str:
+  rows = [f'chaos run (CHAOS_SEED={seed})',
+          f'{"#":>2}  {"signal":7}  {"trigger":7}  {"kill at":>8}  {"phase":10}  '
+          f'{"last step":>9}  {"exit":>4}  {"resumed from":>12}']
+  for i, k in enumerate(kills, 1):
+    rows.append(f'{i:>2}  {k.signal:7}  {k.trigger:7}  {k.time_s:7.2f}s  {k.phase:10}  '
+                f'{k.last_step if k.last_step is not None else "-":>9}  {k.exit_status:>4}  '
+                f'{k.resumed_from:>12}')
+  rows.append(f'final eval loss: killed run {chaos_eval!r}, uninterrupted run '
+              f'{reference_eval!r} ({"identical" if chaos_eval == reference_eval else "DIFFERENT"})')
+  return '\n'.join(rows)
+
+
+def test_chaos_short(small_corpus, tmp_path):
+  seed = _seed()
+  kills, chaos_eval, reference_eval = run_chaos(
+      small_corpus, tmp_path,
+      [('SIGKILL', 'save'), ('SIGTERM', 'random'), ('SIGKILL', 'random')], steps=40, seed=seed)
+  print('\n' + format_table(kills, chaos_eval, reference_eval, seed))
+  assert '+save' in kills[0].phase, kills[0]
+
+
+@pytest.mark.slow
+def test_chaos_long(small_corpus, tmp_path):
+  seed = _seed()
+  plan = [('SIGKILL', 'start'), ('SIGKILL', 'random'), ('SIGKILL', 'save'),
+          ('SIGKILL', 'random'), ('SIGKILL', 'eval'), ('SIGTERM', 'random'),
+          ('SIGKILL', 'random'), ('SIGKILL', 'save'), ('SIGKILL', 'random'),
+          ('SIGKILL', 'eval'), ('SIGKILL', 'random')]
+  kills, chaos_eval, reference_eval = run_chaos(small_corpus, tmp_path, plan,
+                                                steps=120, seed=seed)
+  print('\n' + format_table(kills, chaos_eval, reference_eval, seed))
+  assert sum(k.signal == 'SIGKILL' for k in kills) == 10
+  assert any('+save' in k.phase for k in kills) and any('eval' in k.phase for k in kills)
