@@ -52,7 +52,7 @@ from jax.experimental import multihost_utils
 
 _STATE = 'state'
 _DATA = 'data'
-_MAX_CAUSE_CHARS = 200
+_MAX_CAUSE_CHARS = 240
 DAMAGED_SUFFIX = '.damaged'
 
 
@@ -82,6 +82,7 @@ class Checkpointer:
         directory, options=options, handler_registry=registry
     )
     self._pending = None  # the step of the newest save (for error messages)
+    _drop_closed_loop_callbacks()
 
   @property
   def directory(self) -> str:
@@ -101,6 +102,7 @@ class Checkpointer:
       CheckpointError: this save, or the previous one still in flight,
         failed (e.g. no space left on the device).
     """
+    self.wait()  # Orbax would wait too; here a failure is reported with its own step
     self._pending = step
     with self._write_errors():
       self._manager.save(
@@ -243,7 +245,6 @@ def _read(path, read: Callable[[], Any]) -> Any:
       raise FileNotFoundError('missing')
   except Exception as e:  # pylint: disable=broad-except
     result, cause = None, e
-    _drop_closed_loop_callbacks()
   if jax.process_count() > 1:
     ok = np.min(multihost_utils.process_allgather(np.int32(cause is None)))
     if not ok and cause is None:
@@ -254,10 +255,10 @@ def _read(path, read: Callable[[], Any]) -> Any:
 
 
 def _drop_closed_loop_callbacks() -> None:
-  """Silences the tracebacks TensorStore prints after a failed read: Orbax closes the
-  read's event loop at the first error, and the other reads still in flight then report
-  `RuntimeError: Event loop is closed` as unraisable exceptions (noise: the failure itself
-  is already reported). Every other unraisable exception still reaches the previous hook."""
+  """Silences the tracebacks TensorStore prints after a failed read or write: Orbax closes
+  the operation's event loop at the first error, and the reads or writes still in flight then
+  report `RuntimeError: Event loop is closed` as unraisable exceptions (noise: the failure
+  itself is raised). Every other unraisable exception still reaches the previous hook."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_callbacks', False):
     return
@@ -272,8 +273,11 @@ def _drop_closed_loop_callbacks() -> None:
 
 
 def _cause(error: Exception) -> str:
-  """`Type: first line of the message`, short enough for a one-line message."""
-  detail = str(error).strip().splitlines()[0][:_MAX_CAUSE_CHARS] if str(error).strip() else ''
+  """`Type: message` on one line, short enough for a one-line message: a long message keeps
+  its start (what failed) and its end (why: TensorStore ends with the OS error)."""
+  detail = ' '.join(str(error).split())
+  if len(detail) > _MAX_CAUSE_CHARS:
+    detail = f'{detail[:_MAX_CAUSE_CHARS // 2]} ... {detail[-_MAX_CAUSE_CHARS // 2:]}'
   return f'{type(error).__name__}: {detail}' if detail else type(error).__name__
 
 

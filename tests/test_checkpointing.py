@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from research.checkpointing import CheckpointError, Checkpointer
+from tests.conftest import LiveRun, tiny_overrides
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -364,3 +365,19 @@ def test_sigkill_mid_save_leaves_a_restorable_checkpoint(tmp_path):
   ckpt.close()
   assert int(restored['step']) == 2 and data_state == {'step': 2}
   np.testing.assert_array_equal(np.asarray(restored['big']), 2.0)
+
+
+def test_full_disk_mid_run_is_one_line_error_and_the_run_exits(small_corpus, tmp_path):
+  """A real run whose checkpoint writes start failing (as on a full disk) stops with one line,
+  keeps its last complete checkpoint and exits instead of hanging on Orbax's threads."""
+  run = LiveRun('--config=configs/gpt.py:variant=tiny', f'--workdir={tmp_path}',
+                *tiny_overrides(small_corpus, 1000), '--config.checkpoint.every=4')
+  assert run.wait_for(lambda: (tmp_path / 'checkpoints' / '4').is_dir()), run.text()
+  # From now on no file may grow past 1 MB; a checkpoint's arrays are ~4 MB.
+  resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+  assert run.finish(timeout=120) == 2, run.text()
+  assert not [l for l in run.stderr if 'Traceback' in l or l.startswith('E1')], run.stderr
+  [error] = [l for l in run.stderr if l.startswith('error:')]
+  assert error.startswith(f'error: could not write checkpoint 8 in {tmp_path}/checkpoints ('), error
+  assert 'File too large' in error and 'step 4 is the newest complete one and is kept' in error
+  assert Checkpointer(str(tmp_path / 'checkpoints'), keep=3).latest_step() == 4
