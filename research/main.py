@@ -73,6 +73,9 @@ def init_distributed():
     return
   # CPU processes need a collectives backend of their own; accelerators ignore this.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # research/loop.py handles SIGTERM itself and agrees on the step across processes; JAX's
+  # preemption notifier would keep a SIGTERM that arrives before the loop starts to itself.
+  jax.config.update('jax_enable_preemption_service', False)
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
