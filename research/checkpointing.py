@@ -25,6 +25,9 @@ file, a missing item: a node that died mid-copy, a full disk, a bad sync) and
 an older step can, it moves the unreadable one aside to `<step>.damaged`
 (nothing is ever deleted), logs one warning naming the directory and the
 cause, and restores the older step; a requeued job then recovers on its own.
+Only the run that holds the workdir's lock (research/workdir_lock.py: training,
+fine-tuning) moves anything; readers (--mode=eval, fine-tuning from a
+pretraining workdir) fall back the same way and leave the files as they are.
 A step moves aside only once an older one proved readable: if no step can be
 read, the cause is more likely the reader (memory, permissions) than every
 file, so `restore` raises and touches nothing. A checkpoint of a different
@@ -50,6 +53,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from research import workdir_lock
+
 _STATE = 'state'
 _DATA = 'data'
 _MAX_CAUSE_CHARS = 240
@@ -57,7 +62,7 @@ DAMAGED_SUFFIX = '.damaged'
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint cannot be restored; the message says why and what to do."""
+  """A checkpoint cannot be restored or written; the message says why and what to do."""
 
 
 class Checkpointer:
@@ -204,13 +209,23 @@ class Checkpointer:
     return state, data_state
 
   def _move_aside(self, step: int, cause: _Unreadable) -> None:
+    """Renames an unreadable step out of Orbax's sight, if this run is the workdir's writer
+    (holds its lock, research/workdir_lock.py): readers (--mode=eval, fine-tuning from a
+    pretraining workdir) only fall back, leaving another run's files as they are."""
     step_dir = self._step_dir(step)
+    writer = workdir_lock.holds(step_dir)
+    if jax.process_count() > 1:  # process 0 holds the lock for all
+      writer = bool(multihost_utils.broadcast_one_to_all(np.int32(writer)))
+    if not writer:
+      logging.warning('checkpoint step %d is unreadable (%s); restoring an older step (its '
+                      'directory is left for the run that writes there)', step, cause)
+      return
     target = step_dir.parent / f'{step}{DAMAGED_SUFFIX}'
     n = 1
     while target.exists():  # damaged twice at the same step: keep both
       target = step_dir.parent / f'{step}{DAMAGED_SUFFIX}-{n}'
       n += 1
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # the lock holder
       os.rename(step_dir, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'checkpoint_move_aside_{step}')
@@ -224,11 +239,12 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       self._manager.reload()
       kept = self._manager.latest_step()
-      kept = f'step {kept} is the newest complete one' if kept is not None else 'none was complete'
+      kept = (f'the newest complete one, step {kept}, is kept' if kept is not None
+              else 'there is no complete one yet')
       raise CheckpointError(
           f'could not write checkpoint {self._pending} in {self._manager.directory} '
-          f'({_cause(e)}); {kept} and is kept. Free space or fix permissions there, then run '
-          'the same command again to resume.'
+          f'({_cause(e)}); {kept}. Free space or fix permissions there, then run the same '
+          'command again to resume.'
       ) from e
 
 

@@ -27,6 +27,13 @@ from collections.abc import Iterator
 from absl import logging
 
 LOCK_FILE = 'writer.lock'
+_held: set[str] = set()  # absolute workdirs whose lock this process holds
+
+
+def holds(path: str | os.PathLike) -> bool:
+  """Whether this process holds the lock of the workdir that is `path` or contains it."""
+  path = os.path.abspath(path)
+  return any(path == d or path.startswith(d + os.sep) for d in _held)
 
 
 class WorkdirLocked(RuntimeError):
@@ -44,9 +51,11 @@ def hold(workdir: str) -> Iterator[None]:
   except BaseException:
     os.close(fd)
     raise
+  _held.add(os.path.abspath(workdir))
   try:
     yield
   finally:
+    _held.discard(os.path.abspath(workdir))
     os.ftruncate(fd, 0)  # free: an empty file
     os.close(fd)  # releases the flock
 

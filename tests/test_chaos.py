@@ -4,12 +4,14 @@ Each kill stops a `python -m research.main` pretraining run: SIGKILL at a random
 a random step, while an asynchronous checkpoint save is on disk half-written, while the run
 evaluates, or while it starts up; SIGTERM once (the run must save the step it is on and exit
 with 143). After every kill the same command runs again; it must resume from the newest
-complete checkpoint on disk (from exactly the SIGTERM step), and the run that finally
-completes must report the same train loss at every step and the same final eval loss, bit for
-bit, as a run never interrupted.
+complete checkpoint on disk (from exactly the SIGTERM step) and take over the workdir lock
+the killed run left. Once, between two runs, the newest checkpoint's array files are cut in
+half: the next run must move it aside with one warning and resume from the one before. The
+run that finally completes must report the same train loss at every step and the same final
+eval loss, bit for bit, as a run never interrupted.
 
-  test_chaos_short (CI): SIGKILL during a save, SIGTERM, SIGKILL at a random moment.
-  test_chaos_long (`make chaos`, slow): 10 SIGKILLs + 1 SIGTERM; prints the table of kills.
+  test_chaos_short (CI): SIGKILL during a save, SIGTERM, SIGKILL at a random moment, damage.
+  test_chaos_long (`make chaos`, slow): 10 SIGKILLs + 1 SIGTERM + damage; prints the table.
 CHAOS_SEED=<int> replays a schedule of random choices (kill timing still depends on the
 machine's speed).
 """
@@ -72,7 +74,7 @@ def _final_metrics(workdir) -> tuple[dict[int, float], float]:
 @dataclasses.dataclass
 class Kill:
   signal: str
-  trigger: str  # start | random | save | eval
+  trigger: str  # start | random | save | eval; for signal DAMAGE: what is damaged
   time_s: float = 0.0  # since the process started
   phase: str = ''  # what the run was doing: start / step / eval, '+save' with a save in flight
   last_step: int | None = None
@@ -129,9 +131,16 @@ def run_chaos(corpus: str, tmp_path, plan: list[tuple[str, str]], steps: int,
 
   workdir = tmp_path / 'chaos'
   kills = [Kill(sig, trigger) for sig, trigger in plan]
-  previous = None
+  previous, damaged = None, None
   for kill in [*kills, None]:
-    on_disk = max(_complete_steps(workdir), default=0)
+    if kill is not None and kill.signal == 'DAMAGE':  # between runs: a node died mid-copy
+      damaged = max(_complete_steps(workdir))
+      for path in (workdir / 'checkpoints' / str(damaged) / 'state').rglob('d/*'):
+        os.truncate(path, path.stat().st_size // 2)
+      kill.last_step, kill.phase, kill.on_disk = damaged, 'between runs', damaged
+      previous = kill
+      continue
+    on_disk = max((s for s in _complete_steps(workdir) if s != damaged), default=0)
     lock = workdir / 'writer.lock'
     left_locked = lock.exists() and lock.read_text() != ''  # SIGKILL cannot release it
     run = LiveRun(*_args(corpus, workdir, steps))
@@ -143,6 +152,10 @@ def run_chaos(corpus: str, tmp_path, plan: list[tuple[str, str]], steps: int,
       assert any('taking over' in l for l in run.stderr) == left_locked, run.text()
       if previous.signal == 'SIGTERM':  # the step in progress was saved
         assert on_disk >= previous.last_step, previous
+    if damaged is not None:  # moved aside with one warning, never deleted
+      assert (workdir / 'checkpoints' / f'{damaged}.damaged').is_dir()
+      assert sum(f'checkpoint step {damaged} is unreadable' in l for l in run.stderr) == 1
+      damaged = None
     if kill is None:
       assert run.finish() == 0, run.text()
       break
@@ -171,13 +184,16 @@ def _seed() -> int:
 
 
 def format_table(kills: list[Kill], chaos_eval: float, reference_eval: float, seed: int) -> str:
-  rows = [f'chaos run (CHAOS_SEED={seed})',
-          f'{"#":>2}  {"signal":7}  {"trigger":7}  {"kill at":>8}  {"phase":10}  '
-          f'{"last step":>9}  {"exit":>4}  {"resumed from":>12}']
+  dash = lambda x: '-' if x is None else x
+  rows = [f'chaos run (CHAOS_SEED={seed}); phase: what the run was doing, +save: with an '
+          'asynchronous save in flight',
+          f'{"#":>2}  {"event":7}  {"trigger":8}  {"kill at":>8}  {"phase":12}  '
+          f'{"last step":>9}  {"exit":>4}  {"on disk":>7}  {"resumed from":>12}']
   for i, k in enumerate(kills, 1):
-    rows.append(f'{i:>2}  {k.signal:7}  {k.trigger:7}  {k.time_s:7.2f}s  {k.phase:10}  '
-                f'{k.last_step if k.last_step is not None else "-":>9}  {k.exit_status:>4}  '
-                f'{k.resumed_from:>12}')
+    time_s = f'{k.time_s:7.2f}s' if k.exit_status is not None else '-'
+    rows.append(f'{i:>2}  {k.signal:7}  {k.trigger:8}  {time_s:>8}  {k.phase:12}  '
+                f'{dash(k.last_step):>9}  {dash(k.exit_status):>4}  {k.on_disk:>7}  '
+                f'{dash(k.resumed_from):>12}')
   rows.append(f'final eval loss: killed run {chaos_eval!r}, uninterrupted run '
               f'{reference_eval!r} ({"identical" if chaos_eval == reference_eval else "DIFFERENT"})')
   return '\n'.join(rows)
@@ -187,7 +203,8 @@ def test_chaos_short(small_corpus, tmp_path):
   seed = _seed()
   kills, chaos_eval, reference_eval = run_chaos(
       small_corpus, tmp_path,
-      [('SIGKILL', 'save'), ('SIGTERM', 'random'), ('SIGKILL', 'random')], steps=40, seed=seed)
+      [('SIGKILL', 'save'), ('SIGTERM', 'random'), ('SIGKILL', 'random'),
+       ('DAMAGE', 'truncate')], steps=40, seed=seed)
   print('\n' + format_table(kills, chaos_eval, reference_eval, seed))
   assert '+save' in kills[0].phase, kills[0]
 
@@ -198,9 +215,9 @@ def test_chaos_long(small_corpus, tmp_path):
   plan = [('SIGKILL', 'start'), ('SIGKILL', 'random'), ('SIGKILL', 'save'),
           ('SIGKILL', 'random'), ('SIGKILL', 'eval'), ('SIGTERM', 'random'),
           ('SIGKILL', 'random'), ('SIGKILL', 'save'), ('SIGKILL', 'random'),
-          ('SIGKILL', 'eval'), ('SIGKILL', 'random')]
+          ('SIGKILL', 'eval'), ('DAMAGE', 'truncate'), ('SIGKILL', 'random')]
   kills, chaos_eval, reference_eval = run_chaos(small_corpus, tmp_path, plan,
                                                 steps=120, seed=seed)
   print('\n' + format_table(kills, chaos_eval, reference_eval, seed))
-  assert sum(k.signal == 'SIGKILL' for k in kills) == 10
+  assert sum(k.signal == 'SIGKILL' for k in kills) == 10 and kills[5].signal == 'SIGTERM'
   assert any('+save' in k.phase for k in kills) and any('eval' in k.phase for k in kills)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from research import workdir_lock
 from research.checkpointing import CheckpointError, Checkpointer
 from tests.conftest import LiveRun, tiny_overrides
 
@@ -56,9 +57,14 @@ def _abstract(state):
 
 
 def _listing(directory) -> dict[str, int]:
-  """Every file under `directory` with its size."""
+  """Every file under `directory` with its size (but the workdir lock some tests hold)."""
   return {str(p.relative_to(directory)): p.stat().st_size
-          for p in pathlib.Path(directory).rglob('*') if p.is_file()}
+          for p in pathlib.Path(directory).rglob('*')
+          if p.is_file() and p.name != workdir_lock.LOCK_FILE}
+
+
+def _entries(directory) -> list[str]:
+  return sorted(n for n in os.listdir(directory) if n != workdir_lock.LOCK_FILE)
 
 
 def _save(directory, steps, keep=3, d_model=4):
@@ -177,9 +183,10 @@ def test_damaged_newest_step_is_moved_aside_and_the_previous_restored(tmp_path, 
   damaged_files = _listing(tmp_path / '3')
 
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  restored, data_state = ckpt.restore(_abstract(_state()))
+  with workdir_lock.hold(str(tmp_path)):  # the workdir's writer (training) moves damage aside
+    restored, data_state = ckpt.restore(_abstract(_state()))
   assert int(restored['step']) == 2 and data_state['position'] == 2
-  assert sorted(os.listdir(tmp_path)) == ['1', '2', '3.damaged']
+  assert _entries(tmp_path) == ['1', '2', '3.damaged']
   assert _listing(tmp_path / '3.damaged') == damaged_files  # moved, nothing deleted
   [warning] = _unreadable_warnings(caplog)
   assert '\n' not in warning and f'{tmp_path}/3' in warning and cause in warning, warning
@@ -189,7 +196,7 @@ def test_damaged_newest_step_is_moved_aside_and_the_previous_restored(tmp_path, 
   for step in (3, 4, 5):
     ckpt.save(step, _state(step=step), {'position': step})
   ckpt.close()
-  assert sorted(os.listdir(tmp_path)) == ['3', '3.damaged', '4', '5']
+  assert _entries(tmp_path) == ['3', '3.damaged', '4', '5']
 
 
 def test_two_damaged_steps_fall_back_two_steps(tmp_path, caplog):
@@ -197,11 +204,24 @@ def test_two_damaged_steps_fall_back_two_steps(tmp_path, caplog):
   _truncate_array_files(tmp_path / '3')
   (tmp_path / '2' / 'data' / 'metadata').write_text('not json')
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  restored, data_state = ckpt.restore(_abstract(_state()))
+  with workdir_lock.hold(str(tmp_path)):
+    restored, data_state = ckpt.restore(_abstract(_state()))
   ckpt.close()
   assert int(restored['step']) == 1 and data_state['position'] == 1
-  assert sorted(os.listdir(tmp_path)) == ['1', '2.damaged', '3.damaged']
+  assert _entries(tmp_path) == ['1', '2.damaged', '3.damaged']
   assert len(_unreadable_warnings(caplog)) == 2
+
+
+def test_reader_without_the_workdir_lock_falls_back_and_moves_nothing(tmp_path, caplog):
+  _save(tmp_path, steps=[1, 2])
+  _truncate_array_files(tmp_path / '2')
+  before = _listing(tmp_path)
+  ckpt = Checkpointer(str(tmp_path), keep=3)  # e.g. --mode=eval beside a training run
+  restored, _ = ckpt.restore(_abstract(_state()))
+  ckpt.close()
+  assert int(restored['step']) == 1 and _listing(tmp_path) == before
+  [warning] = _unreadable_warnings(caplog)
+  assert 'left for the run that writes there' in warning
 
 
 def test_no_readable_step_is_a_one_line_error_and_moves_nothing(tmp_path):
@@ -210,7 +230,7 @@ def test_no_readable_step_is_a_one_line_error_and_moves_nothing(tmp_path):
   shutil.rmtree(tmp_path / '1' / 'data')
   before = _listing(tmp_path)
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  with pytest.raises(CheckpointError) as error:
+  with workdir_lock.hold(str(tmp_path)), pytest.raises(CheckpointError) as error:
     ckpt.restore(_abstract(_state()))
   ckpt.close()
   message = str(error.value)
@@ -226,20 +246,22 @@ def test_damaged_newest_step_before_a_different_model_stays_an_error(tmp_path):
   _save(tmp_path, steps=[2])
   _truncate_array_files(tmp_path / '2')
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  with pytest.raises(CheckpointError, match='holds a different model'):
+  with workdir_lock.hold(str(tmp_path)), pytest.raises(CheckpointError,
+                                                       match='holds a different model'):
     ckpt.restore(_abstract(_state()))
   ckpt.close()
-  assert sorted(os.listdir(tmp_path)) == ['1', '2']
+  assert _entries(tmp_path) == ['1', '2']
 
 
 def test_explicit_step_does_not_fall_back(tmp_path):
   _save(tmp_path, steps=[1, 2])
   _truncate_array_files(tmp_path / '2')
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  with pytest.raises(CheckpointError, match=f'{tmp_path}/2/state'):
+  with workdir_lock.hold(str(tmp_path)), pytest.raises(CheckpointError,
+                                                       match=f'{tmp_path}/2/state'):
     ckpt.restore(_abstract(_state()), step=2)
   ckpt.close()
-  assert sorted(os.listdir(tmp_path)) == ['1', '2']
+  assert _entries(tmp_path) == ['1', '2']
 
 
 def _random_state(step: int):
@@ -295,7 +317,7 @@ def test_failed_save_is_one_line_error_and_keeps_the_previous_checkpoint(tmp_pat
     message = str(error.value)
     assert '\n' not in message
     assert f'could not write checkpoint 2 in {directory}' in message
-    assert 'step 1 is the newest complete one and is kept' in message
+    assert 'the newest complete one, step 1, is kept' in message
     assert 'Free space or fix permissions' in message
 
     ckpt = Checkpointer(str(directory), keep=1)
@@ -379,5 +401,5 @@ def test_full_disk_mid_run_is_one_line_error_and_the_run_exits(small_corpus, tmp
   assert not [l for l in run.stderr if 'Traceback' in l or l.startswith('E1')], run.stderr
   [error] = [l for l in run.stderr if l.startswith('error:')]
   assert error.startswith(f'error: could not write checkpoint 8 in {tmp_path}/checkpoints ('), error
-  assert 'File too large' in error and 'step 4 is the newest complete one and is kept' in error
+  assert 'File too large' in error and 'the newest complete one, step 4, is kept' in error
   assert Checkpointer(str(tmp_path / 'checkpoints'), keep=3).latest_step() == 4
