@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -290,8 +291,10 @@ def _drop_closed_loop_callbacks() -> None:
 
 def _cause(error: Exception) -> str:
   """`Type: message` on one line, short enough for a one-line message: a long message keeps
-  its start (what failed) and its end (why: TensorStore ends with the OS error)."""
+  its start (what failed) and its end (why: TensorStore ends with the OS error, once its
+  spec of the store is cut off)."""
   detail = ' '.join(str(error).split())
+  detail = re.sub(r'\s*\[(tensorstore_spec|source locations)=.*$', '', detail)
   if len(detail) > _MAX_CAUSE_CHARS:
     detail = f'{detail[:_MAX_CAUSE_CHARS // 2]} ... {detail[-_MAX_CAUSE_CHARS // 2:]}'
   return f'{type(error).__name__}: {detail}' if detail else type(error).__name__

@@ -75,7 +75,7 @@ def run(state, train_step: Callable, data_iter: Iterator, mesh, *, total_steps: 
     Diverged: after `max_skipped_steps` consecutive skipped steps.
   """
   last = {}
-  skips = _SkipWatch(max_skipped_steps)
+  skips = _SkipWatch(max_skipped_steps, reporter)
   with _StopSignals() as stop:
     try:
       for step in range(int(state.step), total_steps):
@@ -110,10 +110,11 @@ def run(state, train_step: Callable, data_iter: Iterator, mesh, *, total_steps: 
 
 
 class _SkipWatch:
-  """Counts consecutive skipped steps from their on-device `skipped` flags."""
+  """Counts consecutive skipped steps from their on-device `skipped` flags, and records each
+  skipped step in metrics.jsonl (`train/skipped` itself is logged only every log_every)."""
 
-  def __init__(self, limit: int):
-    self._limit = limit
+  def __init__(self, limit: int, reporter: reporting.Reporter):
+    self._limit, self._reporter = limit, reporter
     self._pending = None  # (step, skipped flag on device, data position) not yet read
     self._streak = []  # (step, data position) of the current run of skipped steps
 
@@ -131,6 +132,7 @@ class _SkipWatch:
     self._streak.append((step, position))
     logging.warning('step %d skipped: its loss or gradient norm is not finite (data position '
                     '%s)', step, json.dumps(position))
+    self._reporter.log_event(step, event='skipped', data_position=position)
     if len(self._streak) >= self._limit:
       first, first_position = self._streak[0]
       raise Diverged(

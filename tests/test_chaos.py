@@ -6,7 +6,9 @@ evaluates, or while it starts up; SIGTERM once (the run must save the step it is
 with 143). After every kill the same command runs again; it must resume from the newest
 complete checkpoint on disk (from exactly the SIGTERM step) and take over the workdir lock
 the killed run left. Once, between two runs, the newest checkpoint's array files are cut in
-half: the next run must move it aside with one warning and resume from the one before. The
+half (right after the SIGTERM run, so that an older one exists: with none readable, restore
+is an error by design): the next run must move it aside with one warning and resume from the
+one before. The
 run that finally completes must report the same train loss at every step and the same final
 eval loss, bit for bit, as a run never interrupted.
 
@@ -74,7 +76,7 @@ def _final_metrics(workdir) -> tuple[dict[int, float], float]:
 @dataclasses.dataclass
 class Kill:
   signal: str
-  trigger: str  # start | random | save | eval; for signal DAMAGE: what is damaged
+  trigger: str  # start | random | save | after_save | eval; for DAMAGE: what is damaged
   time_s: float = 0.0  # since the process started
   phase: str = ''  # what the run was doing: start / step / eval, '+save' with a save in flight
   last_step: int | None = None
@@ -103,6 +105,9 @@ def _kill_when_due(run: LiveRun, kill: Kill, workdir, steps: int, rng: random.Ra
     due = lambda: run.elapsed() > delay
   elif kill.trigger == 'save':
     due = lambda: bool(_saves_in_flight(workdir) - saves_before)
+  elif kill.trigger == 'after_save':  # once a new checkpoint is complete: two on disk after
+    complete_before = set(_complete_steps(workdir))
+    due = lambda: bool(set(_complete_steps(workdir)) - complete_before)
   elif kill.trigger == 'eval':
     due = lambda: (s := run.last_step()) is not None and s > resumed and s % EVAL_EVERY == 0
   else:
@@ -110,7 +115,7 @@ def _kill_when_due(run: LiveRun, kill: Kill, workdir, steps: int, rng: random.Ra
     due = lambda: (run.last_step() or 0) >= target
   if not run.wait_for(due):
     return False
-  if kill.trigger == 'random':
+  if kill.trigger in ('random', 'after_save'):
     moment = run.elapsed() + rng.uniform(0, 0.3)  # anywhere in the next few steps
     run.wait_for(lambda: run.elapsed() > moment)
   kill.phase = _phase(run, workdir, saves_before)
@@ -134,6 +139,7 @@ def run_chaos(corpus: str, tmp_path, plan: list[tuple[str, str]], steps: int,
   previous, damaged = None, None
   for kill in [*kills, None]:
     if kill is not None and kill.signal == 'DAMAGE':  # between runs: a node died mid-copy
+      assert len(_complete_steps(workdir)) >= 2, 'nothing to fall back to'  # else: an error
       damaged = max(_complete_steps(workdir))
       for path in (workdir / 'checkpoints' / str(damaged) / 'state').rglob('d/*'):
         os.truncate(path, path.stat().st_size // 2)
@@ -187,11 +193,11 @@ def format_table(kills: list[Kill], chaos_eval: float, reference_eval: float, se
   dash = lambda x: '-' if x is None else x
   rows = [f'chaos run (CHAOS_SEED={seed}); phase: what the run was doing, +save: with an '
           'asynchronous save in flight',
-          f'{"#":>2}  {"event":7}  {"trigger":8}  {"kill at":>8}  {"phase":12}  '
+          f'{"#":>2}  {"event":7}  {"trigger":10}  {"kill at":>8}  {"phase":12}  '
           f'{"last step":>9}  {"exit":>4}  {"on disk":>7}  {"resumed from":>12}']
   for i, k in enumerate(kills, 1):
     time_s = f'{k.time_s:7.2f}s' if k.exit_status is not None else '-'
-    rows.append(f'{i:>2}  {k.signal:7}  {k.trigger:8}  {time_s:>8}  {k.phase:12}  '
+    rows.append(f'{i:>2}  {k.signal:7}  {k.trigger:10}  {time_s:>8}  {k.phase:12}  '
                 f'{dash(k.last_step):>9}  {dash(k.exit_status):>4}  {k.on_disk:>7}  '
                 f'{dash(k.resumed_from):>12}')
   rows.append(f'final eval loss: killed run {chaos_eval!r}, uninterrupted run '
@@ -203,8 +209,8 @@ def test_chaos_short(small_corpus, tmp_path):
   seed = _seed()
   kills, chaos_eval, reference_eval = run_chaos(
       small_corpus, tmp_path,
-      [('SIGKILL', 'save'), ('SIGTERM', 'random'), ('SIGKILL', 'random'),
-       ('DAMAGE', 'truncate')], steps=40, seed=seed)
+      [('SIGKILL', 'save'), ('SIGTERM', 'after_save'), ('DAMAGE', 'truncate'),
+       ('SIGKILL', 'random')], steps=40, seed=seed)
   print('\n' + format_table(kills, chaos_eval, reference_eval, seed))
   assert '+save' in kills[0].phase, kills[0]
 
@@ -213,11 +219,12 @@ def test_chaos_short(small_corpus, tmp_path):
 def test_chaos_long(small_corpus, tmp_path):
   seed = _seed()
   plan = [('SIGKILL', 'start'), ('SIGKILL', 'random'), ('SIGKILL', 'save'),
-          ('SIGKILL', 'random'), ('SIGKILL', 'eval'), ('SIGTERM', 'random'),
-          ('SIGKILL', 'random'), ('SIGKILL', 'save'), ('SIGKILL', 'random'),
-          ('SIGKILL', 'eval'), ('DAMAGE', 'truncate'), ('SIGKILL', 'random')]
+          ('SIGKILL', 'random'), ('SIGKILL', 'eval'), ('SIGTERM', 'after_save'),
+          ('DAMAGE', 'truncate'), ('SIGKILL', 'random'), ('SIGKILL', 'save'),
+          ('SIGKILL', 'random'), ('SIGKILL', 'eval'), ('SIGKILL', 'random')]
   kills, chaos_eval, reference_eval = run_chaos(small_corpus, tmp_path, plan,
                                                 steps=120, seed=seed)
   print('\n' + format_table(kills, chaos_eval, reference_eval, seed))
-  assert sum(k.signal == 'SIGKILL' for k in kills) == 10 and kills[5].signal == 'SIGTERM'
+  assert sum(k.signal == 'SIGKILL' for k in kills) == 10
+  assert sum(k.signal == 'SIGTERM' for k in kills) == 1
   assert any('+save' in k.phase for k in kills) and any('eval' in k.phase for k in kills)

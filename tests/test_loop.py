@@ -105,6 +105,9 @@ def test_skips_in_a_row_stop_the_run_naming_the_first_bad_batch(tmp_path):
       'starts at data position {"next_index": 5}')
   skipped = {r['step']: r['train/skipped'] for r in read_metrics(tmp_path) if 'train/skipped' in r}
   assert [s for s, flag in skipped.items() if flag] == [2, 3, 6, 7, 8]
+  events = [r for r in read_metrics(tmp_path) if r.get('event') == 'skipped']
+  assert [(r['step'], r['data_position']) for r in events] == [
+      (s, {'next_index': s - 1}) for s in (2, 3, 6, 7, 8)]
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '8']  # both committed
 
 
