@@ -2,8 +2,8 @@
 
 Each kill stops a `python -m research.main` pretraining run: SIGKILL at a random moment after
 a random step, while an asynchronous checkpoint save is on disk half-written, while the run
-evaluates, or while it starts up; SIGTERM once (the run must save the step it is on and exit
-with 143). After every kill the same command runs again; it must resume from the newest
+evaluates, or while it starts up; SIGTERM once, then SIGINT while it saves (the run must save
+the step it is on, release the workdir lock and exit with 143). After every kill the same command runs again; it must resume from the newest
 complete checkpoint on disk (from exactly the SIGTERM step) and take over the workdir lock
 the killed run left. Once, between two runs, the newest checkpoint's array files are cut in
 half (right after the SIGTERM run, so that an older one exists: with none readable, restore
@@ -122,6 +122,9 @@ def _kill_when_due(run: LiveRun, kill: Kill, workdir, steps: int, rng: random.Ra
   kill.time_s = run.elapsed()
   kill.last_step = run.last_step()
   run.process.send_signal(getattr(signal, kill.signal))
+  if kill.signal == 'SIGTERM':  # a second signal while it saves must change nothing
+    run.wait_for(lambda: any('received SIGTERM' in l for l in run.stderr))
+    run.process.send_signal(signal.SIGINT)
   return True
 
 
@@ -174,7 +177,10 @@ def run_chaos(corpus: str, tmp_path, plan: list[tuple[str, str]], steps: int,
     else:
       assert kill.exit_status == 128 + signal.SIGTERM, (kill, run.text())
       [line] = [l for l in run.stderr if l.startswith('preempted:')]
-      assert f'stopped by SIGTERM after step {kill.on_disk};' in line, line
+      assert line == (f'preempted: stopped by SIGTERM after step {kill.on_disk}; its checkpoint '
+                      f'is saved in {workdir}/checkpoints; run the same command again to resume')
+      assert any('received SIGINT again' in l for l in run.stderr), run.text()
+      assert (workdir / 'writer.lock').read_text() == ''  # released
     previous = kill
 
   chaos_losses, chaos_eval = _final_metrics(workdir)

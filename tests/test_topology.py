@@ -9,7 +9,6 @@ after 3 Adam steps of the tiny GPT; dropout masks do not depend on the layout).
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
