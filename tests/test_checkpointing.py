@@ -389,6 +389,7 @@ def test_sigkill_mid_save_leaves_a_restorable_checkpoint(tmp_path):
   np.testing.assert_array_equal(np.asarray(restored['big']), 2.0)
 
 
+@pytest.mark.slow
 def test_full_disk_mid_run_is_one_line_error_and_the_run_exits(small_corpus, tmp_path):
   """A real run whose checkpoint writes start failing (as on a full disk) stops with one line,
   keeps its last complete checkpoint and exits instead of hanging on Orbax's threads."""

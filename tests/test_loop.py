@@ -12,13 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from research import checkpointing, loop, reporting, sharding
+from configs import gpt as gpt_config
+from research import checkpointing, loop, reporting, sharding, train
 from research.state import TrainState
 from research.models import task_model
 from research.tasks import losses
-from tests.conftest import LiveRun, run_main, tiny_overrides
+from tests.conftest import LiveRun, tiny_overrides
 from tests.test_finetune import CFG
-from tests.test_train import assert_one_line_error, clm_batch, read_metrics, tiny_setup
+from tests.test_train import clm_batch, configure, read_metrics, tiny_setup
 
 
 def _same(a, b):
@@ -131,12 +132,18 @@ def _gpt(workdir, corpus, steps, *extra):
 
 
 def test_diverged_run_stops_with_one_line_and_finite_checkpoints(small_corpus, tmp_path):
-  # A learning rate of 1e30 turns the weights huge after one update; the next loss is NaN.
-  result = run_main(*_gpt(tmp_path, small_corpus, 30, '--config.optim.learning_rate=1e30',
-                          '--config.checkpoint.every=2'))
-  assert_one_line_error(result, 'training stopped at step 7', 'for 5 steps in a row (3-7',
-                        'train.max_skipped_steps=5', 'step 3\'s batch starts at data position '
-                        '{"next_index": 2}')
+  config = configure(gpt_config.get_config('variant=tiny'), small_corpus, 30)
+  with config.unlocked():
+    # A learning rate of 1e30 makes the weights huge in one update; the next loss is NaN.
+    config.optim.learning_rate = 1e30
+    config.checkpoint.every = 2
+  with pytest.raises(loop.Diverged) as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(error.value) == (
+      'training stopped at step 7: the loss or gradient norm was not finite for 5 steps in a '
+      'row (3-7; train.max_skipped_steps=5), so their updates were skipped; step 3\'s batch '
+      'starts at data position {"next_index": 2}; the newest checkpoint holds finite '
+      'parameters: lower optim.learning_rate or inspect that data, then re-run')
   records = read_metrics(tmp_path)
   assert [r['train/skipped'] for r in records if 'train/skipped' in r] == [0, 0, 1, 1, 1, 1, 1]
   saved = sorted(int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit())
@@ -155,6 +162,7 @@ def _abstract(ckpt, step):
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_corpus, tmp_path):
   """The signal reaches process 1 only; both save the same step together and exit 143."""
   port = 21000 + os.getpid() % 20000

@@ -51,6 +51,7 @@ def _losses_after_resume(workdir) -> dict[int, float]:
   return {r['step']: r['train/loss'] for r in records[resumed:] if 'train/loss' in r}
 
 
+@pytest.mark.slow  # ~40 s: four short runs, two of them on 8 simulated devices
 def test_checkpoint_of_8_devices_resumes_on_1_device_and_on_another_mesh(small_corpus, tmp_path):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
          'PYTHONPATH': str(REPO)}
