@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= workdirs/demo
 
-.PHONY: demo test install bench repro-table5 clean-demo
+.PHONY: demo test test-all chaos install bench repro-table5 clean-demo
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m research.demo --workdir=$(DEMO_DIR)
 
+# CI: every test but the long end-to-end ones (marked slow).
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# A real run killed 10 times with SIGKILL (at random moments, mid-save, mid-eval, at start-up)
+# and once with SIGTERM; prints each kill and the final eval loss beside the uninterrupted
+# run's (tests/test_chaos.py). A few minutes.
+chaos: $(STAMP)
+	$(PY) -m pytest -q -s -m slow tests/test_chaos.py
 
 bench: $(STAMP)
 	$(PY) -m research.benchmarks.train_throughput

@@ -115,6 +115,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500
   c.train.eval_batches = 20         # held-out batches per evaluation (0 = none)
   c.train.eval_batch_size = 32
+  c.train.max_skipped_steps = 5     # stop after this many steps in a row with a non-finite loss
+                                    # or gradient norm (their updates are skipped; research/loop.py)
 
   # --- checkpointing (research/checkpointing.py)
   c.checkpoint = ml_collections.ConfigDict()

@@ -13,7 +13,11 @@ starts the others, which resume from their latest checkpoint by themselves.
 --slurm writes an array job, one array task per unfinished run: `srun python -m research.main`
 with the run's arguments, so a run may span several nodes (--slurm_nodes): srun starts one
 process per node and research.main joins them with `jax.distributed.initialize()`, which
-reads the SLURM environment.
+reads the SLURM environment. Preemption and time limits requeue the task instead of losing
+it: `--signal=B:TERM@<--slurm_signal_seconds>` has SLURM send the script SIGTERM that long
+before the time limit; the script passes it to the run, which finishes its step, saves it and
+exits with 143 (research/main.py); on 143 the script requeues its array task, which resumes
+from that checkpoint (`--requeue` also lets SLURM requeue a preempted task by itself).
 """
 from __future__ import annotations
 
@@ -167,9 +171,12 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
 
 def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_per_node: int = 0,
                  cpus_per_task: int = 8, time_limit: str = '24:00:00', partition: str = '',
-                 max_parallel: int = 0, python: str = sys.executable) -> str:
+                 max_parallel: int = 0, signal_seconds: int = 300,
+                 python: str = sys.executable) -> str:
   """A SLURM array job: array task i runs specs[i] with srun on `nodes` nodes (with this
-  Python by default: clusters share the file system the sweep was generated on)."""
+  Python by default: clusters share the file system the sweep was generated on). SIGTERM
+  `signal_seconds` before the time limit (or on preemption) stops the run at a checkpoint
+  and requeues the task (module docstring)."""
   throttle = f'%{max_parallel}' if max_parallel else ''
   header = [
       '#!/bin/bash',
@@ -181,6 +188,8 @@ def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_pe
       f'#SBATCH --time={time_limit}',
       f'#SBATCH --output={os.path.join(root, "slurm-%A_%a.out")}',
       '#SBATCH --requeue',  # a preempted run restarts and resumes from its checkpoint
+      # SIGTERM to this script (B:) before the time limit: time to finish a step and save.
+      f'#SBATCH --signal=B:TERM@{signal_seconds}',
   ]
   if gpus_per_node:
     header.append(f'#SBATCH --gpus-per-node={gpus_per_node}')
@@ -197,7 +206,23 @@ def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_pe
       'case "$SLURM_ARRAY_TASK_ID" in',
       *cases,
       'esac',
-      f'srun {python} "${{ARGS[@]}}"',
+      '# SIGTERM: the run saves its step and exits with 143; then this task is requeued.',
+      'RUN=',
+      'trap \'echo "[sweep] SIGTERM: stopping the run at a checkpoint"; '
+      'kill -TERM "$RUN" 2>/dev/null || true\' TERM',
+      f'srun {python} "${{ARGS[@]}}" &',
+      'RUN=$!',
+      '# A trapped signal interrupts `wait`: wait again until the run has really exited.',
+      'while true; do',
+      '  status=0',
+      '  wait "$RUN" || status=$?',
+      '  kill -0 "$RUN" 2>/dev/null || break',
+      'done',
+      'if [ "$status" -eq 143 ]; then',
+      '  echo "[sweep] the run stopped at a checkpoint; requeueing it"',
+      '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+      'fi',
+      'exit "$status"',
   ]
   return '\n'.join(header + [''] + body) + '\n'
 
@@ -216,6 +241,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--slurm_partition', default='')
   p.add_argument('--slurm_max_parallel', type=int, default=0,
                  help='array tasks running at once (0: no limit)')
+  p.add_argument('--slurm_signal_seconds', type=int, default=300,
+                 help='SIGTERM this long before the time limit: the run saves and is requeued')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   return p.parse_args(argv)
 
@@ -238,7 +265,8 @@ def main(argv=None):
                              gpus_per_node=args.slurm_gpus_per_node,
                              cpus_per_task=args.slurm_cpus_per_task, time_limit=args.slurm_time,
                              partition=args.slurm_partition,
-                             max_parallel=args.slurm_max_parallel))
+                             max_parallel=args.slurm_max_parallel,
+                             signal_seconds=args.slurm_signal_seconds))
       print(f'[sweep] wrote {args.slurm}: sbatch {args.slurm}')
     return
   failed = [name for name, code in run_local(todo, args.parallel).items() if code]

@@ -19,23 +19,51 @@ written, so a process killed mid-save leaves a temporary directory that
 evaluator pointed at a training workdir, delete the trainer's in-flight save.
 A new save of the same step replaces the leftover directory.)
 
+Damage is survived, not reported and left for a person: `restore` reads the
+newest step, and if it cannot be read (a truncated array file, a broken JSON
+file, a missing item: a node that died mid-copy, a full disk, a bad sync) and
+an older step can, it moves the unreadable one aside to `<step>.damaged`
+(nothing is ever deleted), logs one warning naming the directory and the
+cause, and restores the older step; a requeued job then recovers on its own.
+Only the run that holds the workdir's lock (research/workdir_lock.py: training,
+fine-tuning) moves anything; readers (--mode=eval, fine-tuning from a
+pretraining workdir) fall back the same way and leave the files as they are.
+A step moves aside only once an older one proved readable: if no step can be
+read, the cause is more likely the reader (memory, permissions) than every
+file, so `restore` raises and touches nothing. A checkpoint of a different
+model is never "damage": that is a wrong --workdir or config, and an error.
+
+A save that fails (no space left, no permission) raises `CheckpointError`
+naming the newest complete step, which Orbax's atomic commit leaves intact.
+
 On multi-host runs every process calls every method; Orbax decides which
 process writes what.
 """
 
-import os
-from typing import Any
+from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+from typing import Any, Callable
+
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from research import workdir_lock
 
 _STATE = 'state'
 _DATA = 'data'
-_MAX_CAUSE_CHARS = 200
+_MAX_CAUSE_CHARS = 240
+DAMAGED_SUFFIX = '.damaged'
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint cannot be restored; the message says why and what to do."""
+  """A checkpoint cannot be restored or written; the message says why and what to do."""
 
 
 class Checkpointer:
@@ -59,6 +87,12 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         directory, options=options, handler_registry=registry
     )
+    self._pending = None  # the step of the newest save (for error messages)
+    _drop_closed_loop_callbacks()
+
+  @property
+  def directory(self) -> str:
+    return str(self._manager.directory)
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None; includes a save still in flight."""
@@ -69,64 +103,71 @@ class Checkpointer:
 
     A step at or before the latest saved one is skipped (Orbax's policy), so
     saving the step that was just restored is a no-op rather than an error.
+
+    Raises:
+      CheckpointError: this save, or the previous one still in flight,
+        failed (e.g. no space left on the device).
     """
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(state),
-            _DATA: ocp.args.JsonSave(data_state),
-        }),
-    )
+    self.wait()  # Orbax would wait too; here a failure is reported with its own step
+    self._pending = step
+    with self._write_errors():
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardSave(state),
+              _DATA: ocp.args.JsonSave(data_state),
+          }),
+      )
 
   def restore(
       self, abstract_state: Any, step: int | None = None
   ) -> tuple[Any, dict[str, Any]]:
-    """Restores checkpoint `step` (default: the latest).
+    """Restores checkpoint `step`, or the newest readable one.
 
     Args:
       abstract_state: the state's pytree of `jax.ShapeDtypeStruct` with
         `.sharding` set; arrays are restored with those dtypes and shardings.
-      step: the step to restore; None for the latest.
+        Shardings may differ from the ones saved with (another mesh or device
+        count): Orbax reads each device's part of every array.
+      step: the step to restore (unreadable: an error); None for the newest
+        readable step, moving unreadable newer ones aside (module docstring).
 
     Returns:
       `(state, data_state)`.
 
     Raises:
       CheckpointError: no checkpoint, a checkpoint of a different model, or
-        an unreadable checkpoint.
+        no readable checkpoint.
     """
     self.wait()  # a save still in flight is listed but not yet on disk
-    step = self.latest_step() if step is None else step
-    if step is None:
+    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       raise CheckpointError(
           f'no checkpoint in {self._manager.directory}; call restore only '
           'when latest_step() is not None.'
       )
-    step_dir = self._manager.directory / str(step)
-    try:
-      saved = self._manager.item_metadata(step)[_STATE]
-      if saved is None:
-        raise FileNotFoundError(f'no readable metadata in {step_dir / _STATE}')
-      saved_shapes = {
-          path: tuple(leaf.shape)
-          for path, leaf in ocp.tree.to_flat_dict(saved.tree, sep='/').items()
-      }
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._corrupted(step, step_dir, e) from e
-    # Checked before restoring so that the error names the offending
-    # parameter instead of surfacing as a TensorStore shape error.
-    _check_same_structure(saved_shapes, abstract_state, step_dir)
-    try:
-      restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(**{
-              _STATE: ocp.args.StandardRestore(abstract_state),
-              _DATA: ocp.args.JsonRestore(),
-          }),
-      )
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._corrupted(step, step_dir, e) from e
-    return restored[_STATE], restored[_DATA]
+    unreadable = []
+    for candidate in steps:
+      try:
+        restored = self._restore_step(candidate, abstract_state)
+      except _Unreadable as e:
+        unreadable.append((candidate, e))
+        continue
+      for bad_step, cause in unreadable:
+        self._move_aside(bad_step, cause)
+      if unreadable:
+        self._manager.reload()  # the moved steps are gone from the listing
+      return restored
+    first_step, first_cause = unreadable[0]
+    older = f' (steps {", ".join(str(s) for s, _ in unreadable[1:])} neither)' if len(
+        unreadable) > 1 else ''
+    first_dir = self._step_dir(first_step)
+    raise CheckpointError(
+        f'no readable checkpoint in {self._manager.directory}: {first_cause}{older}; nothing '
+        'was moved, since when no step is readable the reader (memory, permissions) is a '
+        f'likelier cause than every file. If they are damaged, move them aside (mv {first_dir} '
+        f'{first_dir}{DAMAGED_SUFFIX}) to start afresh.'
+    )
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
     """Only the parameters of checkpoint `step` (default: the latest), laid out as
@@ -162,28 +203,134 @@ class Checkpointer:
     return restored['params']
 
   def wait(self) -> None:
-    """Blocks until the last `save` is committed to disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the last `save` is committed to disk.
+
+    Raises:
+      CheckpointError: that save failed.
+    """
+    with self._write_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's background resources."""
-    self._manager.close()
+    with self._write_errors():
+      self._manager.close()
 
-  def _corrupted(
-      self, step: int, step_dir: os.PathLike[str], cause: Exception
-  ) -> CheckpointError:
-    older = [s for s in self._manager.all_steps() if s < step]
-    fallback = (
-        f'to fall back to step {max(older)}' if older else 'to start afresh'
-    )
-    detail = str(cause).splitlines()[0][:_MAX_CAUSE_CHARS] if str(cause) else ''
-    # Any failure lands here (Orbax/TensorStore raise ValueError, OSError or
-    # bare Exception for damaged files), hence "if it is damaged": the cause
-    # is kept so that e.g. running out of memory is not mistaken for damage.
-    return CheckpointError(
-        f'checkpoint {step_dir} could not be read ({type(cause).__name__}: '
-        f'{detail}); if it is damaged, delete that step directory {fallback}.'
-    )
+  def _step_dir(self, step: int):
+    return self._manager.directory / str(step)
+
+  def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores `step`; raises `_Unreadable` naming the file or item that cannot be read."""
+    step_dir = self._step_dir(step)
+
+    def metadata_shapes():
+      saved = self._manager.item_metadata(step)[_STATE]
+      if saved is None:
+        raise FileNotFoundError('missing')
+      return {path: tuple(leaf.shape)
+              for path, leaf in ocp.tree.to_flat_dict(saved.tree, sep='/').items()}
+
+    def restore(name, args):
+      return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+
+    saved_shapes = _read(step_dir / _STATE, metadata_shapes)
+    # Checked before restoring so that the error names the offending
+    # parameter instead of surfacing as a TensorStore shape error.
+    _check_same_structure(saved_shapes, abstract_state, step_dir)
+    data_state = _read(step_dir / _DATA, lambda: restore(_DATA, ocp.args.JsonRestore()))
+    state = _read(step_dir / _STATE,
+                  lambda: restore(_STATE, ocp.args.StandardRestore(abstract_state)))
+    return state, data_state
+
+  def _move_aside(self, step: int, cause: _Unreadable) -> None:
+    """Renames an unreadable step out of Orbax's sight, if this run is the workdir's writer
+    (holds its lock, research/workdir_lock.py): readers (--mode=eval, fine-tuning from a
+    pretraining workdir) only fall back, leaving another run's files as they are."""
+    step_dir = self._step_dir(step)
+    writer = workdir_lock.holds(step_dir)
+    if jax.process_count() > 1:  # process 0 holds the lock for all
+      writer = bool(multihost_utils.broadcast_one_to_all(np.int32(writer)))
+    if not writer:
+      logging.warning('checkpoint step %d is unreadable (%s); restoring an older step (its '
+                      'directory is left for the run that writes there)', step, cause)
+      return
+    target = step_dir.parent / f'{step}{DAMAGED_SUFFIX}'
+    n = 1
+    while target.exists():  # damaged twice at the same step: keep both
+      target = step_dir.parent / f'{step}{DAMAGED_SUFFIX}-{n}'
+      n += 1
+    if jax.process_index() == 0:  # the lock holder
+      os.rename(step_dir, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint_move_aside_{step}')
+    logging.warning('checkpoint step %d is unreadable (%s); moved it aside to %s and restoring '
+                    'an older step', step, cause, target)
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      self._manager.reload()
+      kept = self._manager.latest_step()
+      kept = (f'the newest complete one, step {kept}, is kept' if kept is not None
+              else 'there is no complete one yet')
+      raise CheckpointError(
+          f'could not write checkpoint {self._pending} in {self._manager.directory} '
+          f'({_cause(e)}); {kept}. Free space or fix permissions there, then run the same '
+          'command again to resume.'
+      ) from e
+
+
+class _Unreadable(Exception):
+  """A checkpoint file or item that cannot be read (damaged, or by this reader)."""
+
+
+def _read(path, read: Callable[[], Any]) -> Any:
+  """`read()`, or `_Unreadable('<path>: <cause>')` if it fails on any process (on multi-host
+  runs a file may be damaged for one reader only; all processes must fall back together)."""
+  try:
+    result, cause = read(), None
+    if result is None:  # Orbax returns None for an item it cannot find
+      raise FileNotFoundError('missing')
+  except Exception as e:  # pylint: disable=broad-except
+    result, cause = None, e
+  if jax.process_count() > 1:
+    ok = np.min(multihost_utils.process_allgather(np.int32(cause is None)))
+    if not ok and cause is None:
+      raise _Unreadable(f'{path}: unreadable on another process')
+  if cause is not None:
+    raise _Unreadable(f'{path}: {_cause(cause)}')
+  return result
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Silences the tracebacks TensorStore prints after a failed read or write: Orbax closes
+  the operation's event loop at the first error, and the reads or writes still in flight then
+  report `RuntimeError: Event loop is closed` as unraisable exceptions (noise: the failure
+  itself is raised). Every other unraisable exception still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_callbacks', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
+
+
+def _cause(error: Exception) -> str:
+  """`Type: message` on one line, short enough for a one-line message: a long message keeps
+  its start (what failed) and its end (why: TensorStore ends with the OS error, once its
+  spec of the store is cut off)."""
+  detail = ' '.join(str(error).split())
+  detail = re.sub(r'\s*\[(tensorstore_spec|source locations)=.*$', '', detail)
+  if len(detail) > _MAX_CAUSE_CHARS:
+    detail = f'{detail[:_MAX_CAUSE_CHARS // 2]} ... {detail[-_MAX_CAUSE_CHARS // 2:]}'
+  return f'{type(error).__name__}: {detail}' if detail else type(error).__name__
 
 
 def _check_same_structure(

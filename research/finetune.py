@@ -404,7 +404,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
   else:
     state, data_state = ckpt.restore(ft.abstract_state)
     data_iter.set_state(data_state)
-    logging.info('resumed fine-tuning from step %d of %s', latest, workdir)
+    logging.info('resumed fine-tuning from step %d of %s', state.step, workdir)
 
   train_step = loop.compile_step(
       functools.partial(steps.train_step, model=ft.model, objective=ft.objective, tx=ft.tx,
@@ -442,7 +442,8 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
 
   state, results = loop.run(
       state, train_step, data_iter, ft.mesh, total_steps=config.train.steps, reporter=reporter,
-      ckpt=ckpt, checkpoint_every=config.checkpoint.every, after_step=after_step)
+      ckpt=ckpt, checkpoint_every=config.checkpoint.every, after_step=after_step,
+      max_skipped_steps=config.train.max_skipped_steps)
   if not results:  # already complete when started
     results = {f'dev/{k}': v for k, v in evaluate(state.params, 'dev')[0].items()}
   ckpt.close()

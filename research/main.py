@@ -10,18 +10,31 @@
 Re-running the same command resumes from the newest checkpoint in --workdir. Problems with
 the input (unknown config key, missing corpus, mismatched checkpoint, ...) end the run with a
 one-line `error:` message and exit status 2; nothing already saved is touched.
+
+Training and fine-tuning hold `<workdir>/writer.lock` (research/workdir_lock.py): a second run
+on the same workdir stops with an `error:` line naming the holder. Exit status:
+  0    finished;
+  2    `error:` bad input, or a run that cannot go on by itself: workdir in use, checkpoint
+       unwritable (disk full), loss not finite for train.max_skipped_steps steps in a row;
+  143  SIGTERM, 130 SIGINT: the step in progress finished and its checkpoint was saved (one
+       `preempted:` line); run the same command again to resume. launch/sweep.py's SLURM
+       script requeues the job on 143.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 
 import jax
+import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from research import checkpointing, finetune, generate, incontext, loading, reporting, train
+from research import (checkpointing, finetune, generate, incontext, loading, loop, reporting,
+                      train, workdir_lock)
 from research.data import corpus
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
@@ -50,7 +63,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index in
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors that describe bad input rather than a bug: reported in one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, corpus.CorpusError, checkpointing.CheckpointError)
+# OSError: the file system refused (permissions, no space left); the message names the path.
+USER_ERRORS = (ValueError, OSError, corpus.CorpusError, checkpointing.CheckpointError,
+               loop.Diverged, workdir_lock.WorkdirLocked)
 
 
 def init_distributed():
@@ -59,8 +74,28 @@ def init_distributed():
     return
   # CPU processes need a collectives backend of their own; accelerators ignore this.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # research/loop.py handles SIGTERM itself and agrees on the step across processes; JAX's
+  # preemption notifier would keep a SIGTERM that arrives before the loop starts to itself.
+  jax.config.update('jax_enable_preemption_service', False)
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def hold_workdir(stack: contextlib.ExitStack, workdir: str) -> None:
+  """Takes the workdir's writer lock for the rest of `stack`. In a multi-process run process 0
+  holds it and the others follow its verdict, so a refused run stops on every process."""
+  refused = None
+  if jax.process_index() == 0:
+    try:
+      stack.enter_context(workdir_lock.hold(workdir))
+    except workdir_lock.WorkdirLocked as e:
+      refused = e
+  if jax.process_count() > 1:
+    if not multihost_utils.broadcast_one_to_all(np.int32(refused is None)):
+      raise refused or workdir_lock.WorkdirLocked(
+          f'{workdir} is in use by another run (process 0 names it)')
+  if refused:
+    raise refused
 
 
 def run(config, workdir: str, mode: str):
@@ -122,7 +157,13 @@ def main(argv):
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(),
                jax.process_count())
   try:
-    metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    with contextlib.ExitStack() as stack:
+      if _MODE.value == 'train':  # eval and generate only read
+        hold_workdir(stack, _WORKDIR.value)
+      metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except loop.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(e.exit_status)
   except USER_ERRORS as e:
     logging.debug('traceback of the error below', exc_info=True)  # shown with --verbosity=1
     print(f'error: {e}', file=sys.stderr)

@@ -267,10 +267,19 @@ def _git_revision(directory: pathlib.Path) -> dict[str, Any]:
 
 
 class _LibraryInfoFilter(python_logging.Filter):
-  """Drops INFO records of installed libraries (Orbax logs every file it writes)."""
+  """Drops INFO records of installed libraries (Orbax logs every file it writes), and Orbax's
+  error reports with their tracebacks (from its background threads, and asyncio's "never
+  retrieved" copies): every Orbax failure reaches research/checkpointing.py as an exception,
+  which it turns into one line naming the step and what to do."""
 
   def filter(self, record):
-    return record.levelno >= python_logging.WARNING or '/site-packages/' not in record.pathname
+    if '/site-packages/' not in record.pathname:
+      return True
+    if record.levelno >= python_logging.ERROR and (
+        '/orbax/' in record.pathname
+        or (record.name == 'asyncio' and 'orbax' in record.getMessage())):
+      return False
+    return record.levelno >= python_logging.WARNING
 
 
 class _PlainInfoFormatter(python_logging.Formatter):
@@ -289,7 +298,8 @@ class _PlainInfoFormatter(python_logging.Formatter):
 
 def quiet_library_logs() -> None:
   """Keeps the console to this project's progress lines, printed plainly, plus every library
-  warning/error (metrics.jsonl and TensorBoard keep every value)."""
+  warning/error (except Orbax's errors, see `_LibraryInfoFilter`; metrics.jsonl and
+  TensorBoard keep every value)."""
   handler = logging.get_absl_handler()
   handler.addFilter(_LibraryInfoFilter())
   python_handler = handler.python_handler

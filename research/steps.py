@@ -63,7 +63,30 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objecti
   metrics['grad_norm'] = optax.tree.norm(grads)
   if schedule is not None:
     metrics['learning_rate'] = schedule(state.step)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return skip_if_nonfinite(state, new_state, metrics)
+
+
+def skip_if_nonfinite(old: TrainState, new: TrainState,
+                      metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`new`, or `old`'s params and optimizer state if the loss or gradient norm is not finite.
+
+  Called at the end of every train step. A skipped update leaves params and optimizer state
+  (Adam's moments, its count and hence the schedule position) exactly as they were, so no
+  checkpoint ever holds a NaN; `step` still advances because the batch was consumed (the
+  data position and the dropout key `fold_in(rng, step)` move on). `metrics['skipped']` is 1.0
+  for a skipped step; research/loop.py stops the run after `train.max_skipped_steps` of them
+  in a row.
+
+  Not optax.apply_if_finite: it checks only the gradients, keeps its counter inside the
+  optimizer state (so no metric shows a skip, and every existing checkpoint would become a
+  different model), and after its limit it *applies* the non-finite update.
+  """
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  keep = lambda n, o: jnp.where(finite, n, o)
+  state = new.replace(params=jax.tree.map(keep, new.params, old.params),
+                      opt_state=jax.tree.map(keep, new.opt_state, old.opt_state))
+  return state, {**metrics, 'skipped': 1.0 - finite.astype(jnp.float32)}
 
 
 def eval_step(params, batch: dict[str, jax.Array], *, model, objective) -> dict[str, jax.Array]:

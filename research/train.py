@@ -159,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state, data_state = ckpt.restore(exp.abstract_state)
     data_iter.set_state(data_state)
-    logging.info('resumed from step %d of %s', latest, workdir)
+    logging.info('resumed from step %d of %s', state.step, workdir)
 
   train_step = loop.compile_step(
       functools.partial(steps.train_step, model=exp.model, objective=exp.objective, tx=exp.tx,
@@ -193,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   state, eval_metrics = loop.run(
       state, train_step, data_iter, exp.mesh, total_steps=config.train.steps, reporter=reporter,
-      ckpt=ckpt, checkpoint_every=config.checkpoint.every, after_step=after_step)
+      ckpt=ckpt, checkpoint_every=config.checkpoint.every, after_step=after_step,
+      max_skipped_steps=config.train.max_skipped_steps)
   ckpt.close()
   reporter.close()
   if not eval_metrics and evaluate:  # already at the final step when started

@@ -1,7 +1,9 @@
 """Tests for research.checkpointing: round trip, keep-N, errors, kill safety."""
 
+import contextlib
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import subprocess
@@ -15,7 +17,9 @@ import numpy as np
 import optax
 import pytest
 
+from research import workdir_lock
 from research.checkpointing import CheckpointError, Checkpointer
+from tests.conftest import LiveRun, tiny_overrides
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,9 +57,14 @@ def _abstract(state):
 
 
 def _listing(directory) -> dict[str, int]:
-  """Every file under `directory` with its size."""
+  """Every file under `directory` with its size (but the workdir lock some tests hold)."""
   return {str(p.relative_to(directory)): p.stat().st_size
-          for p in pathlib.Path(directory).rglob('*') if p.is_file()}
+          for p in pathlib.Path(directory).rglob('*')
+          if p.is_file() and p.name != workdir_lock.LOCK_FILE}
+
+
+def _entries(directory) -> list[str]:
+  return sorted(n for n in os.listdir(directory) if n != workdir_lock.LOCK_FILE)
 
 
 def _save(directory, steps, keep=3, d_model=4):
@@ -136,33 +145,188 @@ def test_different_structure_names_the_missing_path(tmp_path):
   ckpt.close()
 
 
-# After a failed read, TensorStore callbacks still pending for the other
-# arrays hit Orbax's closed asyncio loop; harmless, but pytest reports it.
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-def test_corrupted_checkpoint_names_the_step_dir(tmp_path):
-  _save(tmp_path, steps=[1, 2])
-  # Truncate the array files of the latest step, as a full disk would.
-  data_files = list((tmp_path / '2' / 'state').rglob('d/*'))
-  assert data_files, _listing(tmp_path)
-  for path in data_files:
+def _truncate_array_files(step_dir):  # as a node dying mid-copy, or a full disk
+  files = list((step_dir / 'state').rglob('d/*'))
+  assert files
+  for path in files:
     os.truncate(path, path.stat().st_size // 2)
-  before = _listing(tmp_path)
+
+
+def _delete_array_files(step_dir):
+  for path in (step_dir / 'state').rglob('d/*'):
+    path.unlink()
+
+
+DAMAGE = {
+    'truncated array files': (_truncate_array_files, 'Error reading'),
+    'deleted array files': (_delete_array_files, 'NOT_FOUND'),
+    'broken iterator-state JSON': (
+        lambda d: (d / 'data' / 'metadata').write_text('{"position": 3, "sha'),
+        '/data: JSONDecodeError'),
+    'broken state metadata JSON': (
+        lambda d: (d / 'state' / '_METADATA').write_text('{"tree_metadata": '),
+        '/state: JSONDecodeError'),
+    'missing data item': (lambda d: shutil.rmtree(d / 'data'), '/data: KeyError'),
+    'missing state item': (lambda d: shutil.rmtree(d / 'state'), '/state: KeyError'),
+}
+
+
+def _unreadable_warnings(caplog) -> list[str]:
+  return [r.getMessage() for r in caplog.records if 'is unreadable' in r.getMessage()]
+
+
+@pytest.mark.parametrize('damage', list(DAMAGE))
+def test_damaged_newest_step_is_moved_aside_and_the_previous_restored(tmp_path, damage, caplog):
+  damage_fn, cause = DAMAGE[damage]
+  _save(tmp_path, steps=[1, 2, 3])
+  damage_fn(tmp_path / '3')
+  damaged_files = _listing(tmp_path / '3')
 
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  with pytest.raises(CheckpointError) as error:
-    ckpt.restore(_abstract(_state()))
-  message = str(error.value)
-  assert '\n' not in message
-  assert f'checkpoint {tmp_path / "2"} could not be read' in message
-  assert 'delete that step directory to fall back to step 1' in message
-  assert _listing(tmp_path) == before
-  # The suggested fix works.
+  with workdir_lock.hold(str(tmp_path)):  # the workdir's writer (training) moves damage aside
+    restored, data_state = ckpt.restore(_abstract(_state()))
+  assert int(restored['step']) == 2 and data_state['position'] == 2
+  assert _entries(tmp_path) == ['1', '2', '3.damaged']
+  assert _listing(tmp_path / '3.damaged') == damaged_files  # moved, nothing deleted
+  [warning] = _unreadable_warnings(caplog)
+  assert '\n' not in warning and f'{tmp_path}/3' in warning and cause in warning, warning
+  assert f'moved it aside to {tmp_path}/3.damaged' in warning
+
+  # Training goes on: step 3 is written afresh; keep-N never deletes the damaged copy.
+  for step in (3, 4, 5):
+    ckpt.save(step, _state(step=step), {'position': step})
   ckpt.close()
-  shutil.rmtree(tmp_path / '2')
+  assert _entries(tmp_path) == ['3', '3.damaged', '4', '5']
+
+
+def test_two_damaged_steps_fall_back_two_steps(tmp_path, caplog):
+  _save(tmp_path, steps=[1, 2, 3])
+  _truncate_array_files(tmp_path / '3')
+  (tmp_path / '2' / 'data' / 'metadata').write_text('not json')
   ckpt = Checkpointer(str(tmp_path), keep=3)
-  restored, data_state = ckpt.restore(_abstract(_state()))
+  with workdir_lock.hold(str(tmp_path)):
+    restored, data_state = ckpt.restore(_abstract(_state()))
   ckpt.close()
   assert int(restored['step']) == 1 and data_state['position'] == 1
+  assert _entries(tmp_path) == ['1', '2.damaged', '3.damaged']
+  assert len(_unreadable_warnings(caplog)) == 2
+
+
+def test_reader_without_the_workdir_lock_falls_back_and_moves_nothing(tmp_path, caplog):
+  _save(tmp_path, steps=[1, 2])
+  _truncate_array_files(tmp_path / '2')
+  before = _listing(tmp_path)
+  ckpt = Checkpointer(str(tmp_path), keep=3)  # e.g. --mode=eval beside a training run
+  restored, _ = ckpt.restore(_abstract(_state()))
+  ckpt.close()
+  assert int(restored['step']) == 1 and _listing(tmp_path) == before
+  [warning] = _unreadable_warnings(caplog)
+  assert 'left for the run that writes there' in warning
+
+
+def test_no_readable_step_is_a_one_line_error_and_moves_nothing(tmp_path):
+  _save(tmp_path, steps=[1, 2])
+  _truncate_array_files(tmp_path / '2')
+  shutil.rmtree(tmp_path / '1' / 'data')
+  before = _listing(tmp_path)
+  ckpt = Checkpointer(str(tmp_path), keep=3)
+  with workdir_lock.hold(str(tmp_path)), pytest.raises(CheckpointError) as error:
+    ckpt.restore(_abstract(_state()))
+  ckpt.close()
+  message = str(error.value)
+  assert '\n' not in message
+  assert f'no readable checkpoint in {tmp_path}: {tmp_path}/2/state: ' in message
+  assert '(steps 1 neither)' in message and 'nothing was moved' in message
+  assert f'mv {tmp_path}/2 {tmp_path}/2.damaged' in message
+  assert _listing(tmp_path) == before
+
+
+def test_damaged_newest_step_before_a_different_model_stays_an_error(tmp_path):
+  _save(tmp_path, steps=[1], d_model=8)  # another model's run in this workdir
+  _save(tmp_path, steps=[2])
+  _truncate_array_files(tmp_path / '2')
+  ckpt = Checkpointer(str(tmp_path), keep=3)
+  with workdir_lock.hold(str(tmp_path)), pytest.raises(CheckpointError,
+                                                       match='holds a different model'):
+    ckpt.restore(_abstract(_state()))
+  ckpt.close()
+  assert _entries(tmp_path) == ['1', '2']
+
+
+def test_explicit_step_does_not_fall_back(tmp_path):
+  _save(tmp_path, steps=[1, 2])
+  _truncate_array_files(tmp_path / '2')
+  ckpt = Checkpointer(str(tmp_path), keep=3)
+  with workdir_lock.hold(str(tmp_path)), pytest.raises(CheckpointError,
+                                                       match=f'{tmp_path}/2/state'):
+    ckpt.restore(_abstract(_state()), step=2)
+  ckpt.close()
+  assert _entries(tmp_path) == ['1', '2']
+
+
+def _random_state(step: int):
+  """2 MB of incompressible floats (Orbax compresses constant arrays to nothing)."""
+  big = np.random.default_rng(step).standard_normal(500_000, np.float32)
+  return {'big': jnp.asarray(big), 'step': jnp.int32(step)}
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+  """Writes past `limit` bytes fail with EFBIG (Python ignores SIGXFSZ), as on a full disk;
+  needs no privileges, unlike a full file system."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@contextlib.contextmanager
+def _full_tmpfs(directory: pathlib.Path):
+  """A 3 MB tmpfs at `directory` (root only): the second 2 MB checkpoint gets ENOSPC."""
+  directory.mkdir()
+  if os.geteuid() != 0 or subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(directory)],
+      capture_output=True).returncode:
+    pytest.skip('mounting a tmpfs needs root')
+  try:
+    yield
+  finally:
+    subprocess.run(['umount', '-l', str(directory)], check=True)
+
+
+@pytest.mark.parametrize('disk', ['file size limit', 'full tmpfs', 'read-only directory'])
+def test_failed_save_is_one_line_error_and_keeps_the_previous_checkpoint(tmp_path, disk):
+  directory = tmp_path / 'ckpt'
+  mount = _full_tmpfs(directory) if disk == 'full tmpfs' else contextlib.nullcontext()
+  with mount:
+    ckpt = Checkpointer(str(directory), keep=1)  # keep=1: a failed save must not evict step 1
+    ckpt.save(1, _random_state(1), {'position': 1})
+    ckpt.wait()
+    if disk == 'read-only directory':
+      if os.geteuid() == 0:
+        pytest.skip('root writes to read-only directories')
+      directory.chmod(0o555)
+    limit = _file_size_limit(100_000) if disk == 'file size limit' else contextlib.nullcontext()
+    with limit, pytest.raises(CheckpointError) as error:
+      ckpt.save(2, _random_state(2), {'position': 2})
+      ckpt.wait()
+    directory.chmod(0o755)
+    ckpt.close()  # the failure was reported once; closing does not raise it again
+    message = str(error.value)
+    assert '\n' not in message
+    assert f'could not write checkpoint 2 in {directory}' in message
+    assert 'the newest complete one, step 1, is kept' in message
+    assert 'Free space or fix permissions' in message
+
+    ckpt = Checkpointer(str(directory), keep=1)
+    assert ckpt.latest_step() == 1
+    restored, data_state = ckpt.restore(_abstract(_random_state(0)))
+    ckpt.close()
+    assert data_state == {'position': 1}
+    np.testing.assert_array_equal(np.asarray(restored['big']),
+                                  np.asarray(_random_state(1)['big']))
 
 
 @pytest.mark.parametrize('tmp_name', [
@@ -223,3 +387,20 @@ def test_sigkill_mid_save_leaves_a_restorable_checkpoint(tmp_path):
   ckpt.close()
   assert int(restored['step']) == 2 and data_state == {'step': 2}
   np.testing.assert_array_equal(np.asarray(restored['big']), 2.0)
+
+
+@pytest.mark.slow
+def test_full_disk_mid_run_is_one_line_error_and_the_run_exits(small_corpus, tmp_path):
+  """A real run whose checkpoint writes start failing (as on a full disk) stops with one line,
+  keeps its last complete checkpoint and exits instead of hanging on Orbax's threads."""
+  run = LiveRun('--config=configs/gpt.py:variant=tiny', f'--workdir={tmp_path}',
+                *tiny_overrides(small_corpus, 1000), '--config.checkpoint.every=4')
+  assert run.wait_for(lambda: (tmp_path / 'checkpoints' / '4').is_dir()), run.text()
+  # From now on no file may grow past 1 MB; a checkpoint's arrays are ~4 MB.
+  resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+  assert run.finish(timeout=120) == 2, run.text()
+  assert not [l for l in run.stderr if 'Traceback' in l or l.startswith('E1')], run.stderr
+  [error] = [l for l in run.stderr if l.startswith('error:')]
+  assert error.startswith(f'error: could not write checkpoint 8 in {tmp_path}/checkpoints ('), error
+  assert 'File too large' in error and 'the newest complete one, step 4, is kept' in error
+  assert Checkpointer(str(tmp_path / 'checkpoints'), keep=3).latest_step() == 4

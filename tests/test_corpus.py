@@ -1,12 +1,15 @@
 """Corpus readers (text, gz, directory, JSONL), their errors, and the eval split."""
 
+import codecs
 import gzip
 import json
 
 import ml_collections
 import pytest
 
-from research.data import corpus
+from research.data import corpus, text_files
+from tests.conftest import run_main
+from tests.test_train import assert_one_line_error
 
 TEXT = 'First line.\nSecond line of doc one.\n\n\n  Doc two, only line.  \n\nDoc three.\n'
 DOCS = [['First line.', 'Second line of doc one.'], ['Doc two, only line.'],
@@ -115,3 +118,64 @@ def test_load_corpora(tmp_path):
   assert (train, held_out) == (DOCS, [['Held out.']])
   train, held_out = corpus.load_corpora(_config(eval_every=2))
   assert (len(train), len(held_out)) == (135, 134)  # Austen's 269 chapters
+
+
+# --- files as they come: a byte-order mark, Windows line ends, huge lines, other encodings
+
+
+def _write_bytes(path, raw: bytes):
+  if str(path).endswith('.gz'):
+    with gzip.open(path, 'wb') as f:
+      f.write(raw)
+  else:
+    path.write_bytes(raw)
+  return path
+
+
+@pytest.mark.parametrize('name', ['c.txt', 'c.txt.gz'])
+def test_bom_and_crlf_line_ends_read_as_plain_text(tmp_path, name):
+  raw = codecs.BOM_UTF8 + TEXT.replace('\n', '\r\n').encode('utf-8')
+  assert corpus.read_documents(_write_bytes(tmp_path / name, raw)) == DOCS
+
+
+def test_bom_and_crlf_in_jsonl(tmp_path):
+  lines = [json.dumps({'text': 'Para one.\r\nPara two.'}), json.dumps({'text': 'Doc two.'})]
+  raw = codecs.BOM_UTF8 + '\r\n'.join(lines).encode('utf-8') + b'\r\n'
+  assert corpus.read_documents(_write_bytes(tmp_path / 'c.jsonl', raw)) == [
+      ['Para one.', 'Para two.'], ['Doc two.']]
+
+
+def test_ten_megabyte_line_is_read_whole(tmp_path):
+  line = ' '.join(['Marianne walked out in the rain.'] * 320_000)  # 10.5 MB, no newline
+  (tmp_path / 'c.txt').write_text(f'Short.\n\n{line}\n', encoding='utf-8')
+  (tmp_path / 'c.jsonl').write_text(json.dumps({'text': line}) + '\n', encoding='utf-8')
+  assert corpus.read_documents(tmp_path / 'c.txt') == [['Short.'], [line]]
+  assert corpus.read_documents(tmp_path / 'c.jsonl') == [[line]]
+
+
+@pytest.mark.parametrize('name', ['c.txt', 'c.txt.gz', 'c.jsonl'])
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, name):
+  good = '{"text": "Fine."}\n' if 'jsonl' in name else 'Fine.\n'
+  bad = '{"text": "Caf\xe9."}\n' if 'jsonl' in name else 'Caf\xe9 au lait.\n'
+  path = _write_bytes(tmp_path / name, (good * 2).encode() + bad.encode('latin-1'))
+  with pytest.raises(text_files.TextFileError) as error:
+    corpus.read_documents(path)
+  message = str(error.value)
+  column = bad.index('\xe9') + 1
+  assert message.startswith(f'{path}:3: not UTF-8 (byte 0xe9 at byte {column} of the line); '
+                            'convert the file to UTF-8'), message
+  assert '\n' not in message and isinstance(error.value, ValueError)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+  raw = gzip.compress(TEXT.encode() * 100)
+  (tmp_path / 'c.txt.gz').write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(text_files.TextFileError, match=r'c\.txt\.gz: not a readable gzip file'):
+    corpus.read_documents(tmp_path / 'c.txt.gz')
+
+
+def test_cli_reports_a_latin1_corpus_in_one_line(tmp_path):
+  path = _write_bytes(tmp_path / 'c.txt', b'Fine.\n\nCaf\xe9.\n')
+  result = run_main('--config=configs/gpt.py:variant=tiny', f'--workdir={tmp_path}/run',
+                    f'--config.data.corpus={path}')
+  assert_one_line_error(result, f'{path}:3: not UTF-8 (byte 0xe9 at byte 4 of the line)')

@@ -2,8 +2,10 @@
 Table 5 recipe's configs (built, not run)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,11 +124,59 @@ def test_slurm_script(tmp_path):
   for line in ('#SBATCH --array=0-1%1', '#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=1',
                '#SBATCH --gpus-per-node=8', '#SBATCH --partition=gpu', '#SBATCH --requeue'):
     assert line in script, line
-  assert 'srun python "${ARGS[@]}"' in script
+  assert 'srun python "${ARGS[@]}" &' in script
+  assert '#SBATCH --signal=B:TERM@300' in script
+  assert 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in script
   assert f'  1) ARGS=(-m research.main --config=c.py:v=1 --workdir={tmp_path}/task=b,seed=1' in script
   assert '--config.train.seed=1) ;;  # task=b,seed=1' in script
   result = subprocess.run(['bash', '-n'], input=script, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
+
+
+# Stands in for srun: exits with $FAKE_EXIT at once if set, else runs until SIGTERM and then
+# exits with 143, as research.main does after saving its checkpoint.
+FAKE_SRUN = """#!/bin/bash
+if [ -n "${FAKE_EXIT:-}" ]; then exit "$FAKE_EXIT"; fi
+trap 'echo SIGTERM >> "$FAKE_LOG"; exit 143' TERM
+echo started >> "$FAKE_LOG"
+for i in $(seq 600); do sleep 0.05; done
+"""
+FAKE_SCONTROL = '#!/bin/bash\necho "scontrol $*" >> "$FAKE_LOG"\n'
+
+
+@pytest.mark.parametrize('case,fake_exit,requeued,status', [
+    ('SIGTERM to the script', '', True, 0),  # --signal=B:TERM before the time limit
+    ('run preempted directly', '143', True, 0),  # SLURM signalled the run itself
+    ('run finished', '0', False, 0),
+    ('bad input', '2', False, 2),
+])
+def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exit, requeued,
+                                                       status):
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  script = tmp_path / 'job.sbatch'
+  script.write_text(sweep.slurm_script(
+      [sweep.RunSpec('r0', str(tmp_path / 'r0'), 'c.py', ())], str(tmp_path), python='python'))
+  log = tmp_path / 'log'
+  log.touch()
+  job = subprocess.Popen(['bash', str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env={**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+                                         'SLURM_ARRAY_JOB_ID': '77', 'SLURM_ARRAY_TASK_ID': '0',
+                                         'FAKE_LOG': str(log), 'FAKE_EXIT': fake_exit})
+  if not fake_exit:
+    while 'started' not in log.read_text():
+      assert job.poll() is None, job.stdout.read()
+      time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)
+  output, _ = job.communicate(timeout=60)
+  assert job.returncode == status, output
+  events = log.read_text().split('\n')
+  assert ('scontrol requeue 77_0' in events) == requeued, (events, output)
+  if not fake_exit:
+    assert 'SIGTERM' in events and 'stopping the run at a checkpoint' in output
 
 
 def write_run(root, name, records):

@@ -1,4 +1,5 @@
 """Task readers, input transformations and metrics (no model, no JAX)."""
+import codecs
 import gzip
 import json
 import math
@@ -461,3 +462,66 @@ def test_task_score_and_majority_baseline(tmp_path):
                                   'mcc': metrics.matthews_corrcoef([0, 1, 1, 1], [0, 1, 0, 1])})
   baseline = features.majority_baseline(task, task.splits['train'], task.splits['dev'])
   assert baseline['accuracy'] == 0.75
+
+
+# --- files as they come: a byte-order mark, Windows line ends, huge fields, other encodings
+
+QUIRKY = {  # format -> (train file, its text), all with a BOM and '\r\n' line ends
+    'tsv': ('train.tsv', 'sentence\tlabel\nA good film.\t1\nA bad one.\t0\n'),
+    'csv': ('train.csv', 'sentence,label\n"Good,\nreally.",1\nBad.,0\n'),  # a field spans lines
+    'jsonl': ('train.jsonl', '{"sentence": "A good film.", "label": 1}\n'
+              '{"sentence": "A bad one.", "label": 0}\n'),
+    'conll': ('train.txt', 'The\tat\ndog\tnn\n\nA\tat\n'),
+}
+
+
+def _quirky_task(tmp_path, fmt, transform=lambda raw: raw):
+  name, text = QUIRKY[fmt]
+  raw = codecs.BOM_UTF8 + text.replace('\n', '\r\n').encode('utf-8')
+  (tmp_path / name).write_bytes(transform(raw))
+  (tmp_path / name.replace('train', 'dev')).write_bytes(raw)
+  columns = {} if fmt == 'conll' else dict(text_columns='sentence', label_column='label')
+  return tmp_path / name, load_task(task_config(format=fmt, data_dir=str(tmp_path), **columns))
+
+
+@pytest.mark.parametrize('fmt', list(QUIRKY))
+def test_bom_and_crlf_task_files_read_as_plain_text(tmp_path, fmt):
+  _, task = _quirky_task(tmp_path, fmt)
+  train = task.splits['train']
+  if fmt == 'conll':
+    assert [e.words for e in train] == [('The', 'dog'), ('A',)]
+    assert train[0].tags == ('at', 'nn')
+  elif fmt == 'csv':
+    assert [e.texts for e in train] == [('Good,\r\nreally.',), ('Bad.',)]  # as quoted
+    assert [e.label for e in train] == ['1', '0']
+  else:
+    assert [e.texts for e in train] == [('A good film.',), ('A bad one.',)]
+    assert [str(e.label) for e in train] == ['1', '0']
+
+
+@pytest.mark.parametrize('fmt', list(QUIRKY))
+def test_task_file_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, fmt):
+  def latin1_on_line_2(raw):
+    lines = raw.split(b'\r\n')
+    lines[1] = b'\xc0' + lines[1]  # 'À' in Latin-1
+    return b'\r\n'.join(lines)
+  path = tmp_path / QUIRKY[fmt][0]
+  with pytest.raises(ValueError) as error:  # research.main: one `error:` line
+    _quirky_task(tmp_path, fmt, latin1_on_line_2)
+  assert str(error.value).startswith(f'{path}:2: not UTF-8 (byte 0xc0 at byte 1 of the line)')
+  assert '\n' not in str(error.value)
+
+
+def test_ten_megabyte_field_and_bad_jsonl_line(tmp_path):
+  long_text = ' '.join(['A long review of a long film.'] * 350_000)  # 10.5 MB on one line
+  write(tmp_path / 'tsv' / 'train.tsv', f'sentence\tlabel\n{long_text}\t1\nShort.\t0\n')
+  write(tmp_path / 'tsv' / 'dev.tsv', 'sentence\tlabel\nOk.\t1\n')
+  task = load_task(task_config(format='tsv', data_dir=str(tmp_path / 'tsv'),
+                               text_columns='sentence', label_column='label'))
+  assert task.splits['train'][0].texts == (long_text,)
+  write(tmp_path / 'jsonl' / 'train.jsonl', '{"s": "ok", "y": 1}\n{"s": "cut off", "y\n')
+  write(tmp_path / 'jsonl' / 'dev.jsonl', '{"s": "ok", "y": 1}\n')
+  with pytest.raises(readers.TaskDataError) as error:
+    load_task(task_config(format='jsonl', data_dir=str(tmp_path / 'jsonl'), text_columns='s',
+                          label_column='y'))
+  assert str(error.value).startswith(f'{tmp_path}/jsonl/train.jsonl:2: not JSON ')

@@ -14,15 +14,18 @@ Formats read:
     document; its non-empty lines are its paragraphs;
   * a directory: every file of the suffixes above under it, recursively, in
     sorted path order (a file boundary is also a document boundary).
+Files are UTF-8 (a byte-order mark and '\r\n' line ends are fine; lines may be of any
+length); anything else is an error naming the file and line (data/text_files.py).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from research.data import text_files
 
 Document = list[str]
 
@@ -39,15 +42,9 @@ def default_corpus_path() -> Path:
   return Path(__file__).parent / 'assets' / 'austen.txt.gz'
 
 
-def _open_text(path: Path):
-  if path.name.endswith('.gz'):
-    return gzip.open(path, 'rt', encoding='utf-8')
-  return open(path, encoding='utf-8')
-
-
 def _read_text(path: Path) -> Iterator[Document]:
   document = []
-  with _open_text(path) as f:
+  with text_files.TextLines(path) as f:
     for line in f:
       line = line.strip()
       if line:
@@ -60,7 +57,7 @@ def _read_text(path: Path) -> Iterator[Document]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Document]:
-  with _open_text(path) as f:
+  with text_files.TextLines(path) as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
         continue

@@ -6,17 +6,19 @@
   JSONL: one object per line; columns are its top-level keys (a choice column may hold a list).
   CoNLL: one `token<TAB>tag` per line (or whitespace-separated columns with the tag last, as
       CoNLL-2003), a blank line between sentences; `-DOCSTART-` lines are skipped.
-Any of them may be gzip-compressed (`.gz`).
+Any of them may be gzip-compressed (`.gz`). Files are UTF-8 (a byte-order mark and '\r\n' line
+ends are fine); anything else is an error naming the file and line (data/text_files.py).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
 import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from research.data import text_files
 
 csv.field_size_limit(1 << 30)  # long passages (e.g. QNLI contexts) exceed the 128 KiB default
 
@@ -51,10 +53,10 @@ class Example:
   uid: str = ''
 
 
-def open_text(path: str):
-  if path.endswith('.gz'):
-    return gzip.open(path, 'rt', encoding='utf-8', newline='')
-  return open(path, encoding='utf-8', newline='')
+def open_text(path: str) -> text_files.TextLines:
+  """UTF-8 lines with their line ends (csv needs them); bytes that are not UTF-8 are an error
+  naming the file and line; a byte-order mark is dropped."""
+  return text_files.TextLines(path)
 
 
 def read_delimited(path: str, *, header: bool = True,
