@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= workdirs/demo
 
-.PHONY: demo test test-all chaos install bench repro-table5 clean-demo
+.PHONY: demo test test-all chaos install bench repro-table5 repro-bart-table1 repro-t5-table2 clean-demo
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,19 @@ bench: $(STAMP)
 # (configs/repro/bert_table5.py).
 repro-table5: $(STAMP)
 	$(PY) -m launch.repro --config=configs/repro/bert_table5.py:variant=tiny --root=runs/table5 --parallel=2
+
+# BART Table 1 in miniature: 10 pretraining objectives (LM, permuted LM, MLM, multitask MLM,
+# five BART noises + infilling/shuffling) with equal compute, each fine-tuned on paraphrase,
+# sentiment and modernize x 3 seeds, beside a no-pretraining control
+# (configs/repro/bart_table1.py; runs/bart_table1/table.md + table.png).
+repro-bart-table1: $(STAMP)
+	$(PY) -m launch.repro --config=configs/repro/bart_table1.py:variant=tiny --root=runs/bart_table1 --parallel=2
+
+# T5 Table 2 in miniature: encoder-decoder (2P), shared (P), half (P, M/2), LM and prefix LM,
+# each with span corruption and the LM objective, fine-tuned text to text on paraphrase and
+# modernize x 3 seeds (configs/repro/t5_table2.py; runs/t5_table2/table.md + table.png).
+repro-t5-table2: $(STAMP)
+	$(PY) -m launch.repro --config=configs/repro/t5_table2.py:variant=tiny --root=runs/t5_table2 --parallel=2
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
