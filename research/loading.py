@@ -105,6 +105,12 @@ def load_params(path: str, step: int | None = None, mesh: Mesh | None = None) ->
       params = jax.device_put(params, jax.tree.map(lambda x: x.sharding,
                                                    abstract_params(imported.cfg, mesh)))
     return Loaded(imported.cfg, params, imported.tokenizer, 0)
+  checkpoints = os.path.join(path, 'checkpoints')
+  if os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_FILE)) and not any(
+      name.isdigit() for name in (os.listdir(checkpoints) if os.path.isdir(checkpoints) else ())):
+    raise checkpointing.CheckpointError(
+        f'no checkpoint in {path}/checkpoints; train first or point at a trained run (a '
+        f'workdir of this codebase, or an HF model directory with {WEIGHTS_FILE})')
   cfg = read_model_config(path)
   tokenizer = load_tokenizer(path)
   ckpt = checkpointing.Checkpointer(os.path.join(path, 'checkpoints'), keep=1)

@@ -48,6 +48,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   mesh = sharding.make_mesh(config.mesh)
   arch = ModelConfig.from_config(config.model, vocab_size=1)  # the vocabulary comes below
   objective = objectives.from_config(config.objective, arch)
+  objective.check_arch(arch.arch)  # configuration errors surface before the tokenizer trains
+  arch.check_length(config.data.max_seq_len)
   train_docs, eval_docs = corpus.load_corpora(config)
   tok = tokenizer_lib.load_or_train(
       tokenizer_path(config, workdir),
@@ -63,9 +65,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
                      f'{tok.vocab_size} pieces + {objective.extra_ids} objective ids; set it to '
                      '0 to follow the tokenizer')
   model_cfg = arch.replace(vocab_size=vocab_size)
-  objective.check_arch(model_cfg.arch)
   _check_workdir_model(workdir, model_cfg)
-  model_cfg.check_length(config.data.max_seq_len)
   model = models.build(model_cfg)
   tx = optim.make_optimizer(config.optim, config.train.steps)
   init_params = functools.partial(models.init_params, model, length=config.data.max_seq_len)

@@ -63,8 +63,8 @@ class LiveRun:
   """A `python -m research.main ...` child whose output lines are collected as they arrive,
   so a test can act at a chosen moment (send a signal after step N, during a save, ...)."""
 
-  STEP = re.compile(r'\] step (\d+)/\d+ \|')
-  EVAL = re.compile(r'\] \w+ at step (\d+) \|')
+  STEP = re.compile(r'^step (\d+)/\d+ \|', re.MULTILINE)
+  EVAL = re.compile(r'^\w+ at step (\d+) \|', re.MULTILINE)
   RESUMED = re.compile(r'resumed (?:fine-tuning )?from step (\d+) of')
 
   def __init__(self, *args: str, env: dict | None = None):

@@ -392,7 +392,7 @@ task_dir, out = sys.argv[1], sys.argv[2]
 losses = {}
 for name, (data, fsdp) in {'dp4_fsdp2': (4, 2)}.items():  # batch and parameters split
   config = finetune_cfg(task_dir, '', mesh__data=data, mesh__fsdp=fsdp, model__dropout=0.0,
-                        model__attention_dropout=0.0, data__tokenizer__vocab_size=40)
+                        model__attention_dropout=0.0, data__tokenizer__vocab_size=290)
   finetune.run_finetune(config, f'{out}/{name}')
   losses[name] = [r['train/loss'] for r in read_metrics(f'{out}/{name}') if 'train/loss' in r]
 print(json.dumps(losses))
@@ -402,7 +402,7 @@ print(json.dumps(losses))
 def test_finetune_on_8_devices_equals_one_device(tmp_path):
   task_dir = sentiment_dir(tmp_path / 'data')
   config = finetune_cfg(task_dir, '', model__dropout=0.0, model__attention_dropout=0.0,
-                        data__tokenizer__vocab_size=40)
+                        data__tokenizer__vocab_size=290)
   finetune.run_finetune(config, str(tmp_path / 'one'))
   one = [r['train/loss'] for r in read_metrics(tmp_path / 'one') if 'train/loss' in r]
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
