@@ -48,7 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.scaled_residual_init = P(bool)  # GPT-2: residual projections init std / sqrt(2 layers)
   c.model.local_window = P(int)     # >0: GPT-3 alternating dense / locally banded attention
   c.model.dtype = P(str)            # compute dtype ('bfloat16' on accelerators); params stay fp32
-  c.model.remat = P(bool)           # recompute blocks in the backward pass to save memory
+  c.model.remat = P(bool)           # True = remat_policy 'full' (the older spelling)
+  c.model.remat_policy = P(str)     # recompute in the backward pass: 'none' | 'full' |
+                                    # 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
+  c.model.scan_layers = P(bool)     # nn.scan over the layers: flat compile time in depth;
+                                    # params get a leading 'layers' axis (models/scan_layout.py)
 
   # --- data
   c.data = ml_collections.ConfigDict()

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from research.models import masks
-from research.models.attention import init_kv_cache
 from research.models.config import ModelConfig
 from research.models.heads import LmHead
 from research.models.layers import Embeddings
+from research.models import transformer
 from research.models.transformer import Stack
 
 
@@ -84,8 +84,7 @@ class Decoder(nn.Module):
   def init_cache(self, batch: int, length: int) -> dict:
     """A KV cache of `length` slots: per-layer keys/values and which slots hold real tokens."""
     self.cfg.check_length(length)
-    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
-                       for _ in range(self.cfg.num_layers)],
+    return {'layers': transformer.init_cache(self.cfg, self.cfg.num_layers, batch, length),
             'key_valid': jnp.zeros((batch, length), bool)}
 
   def prefill(self, ids, mask, cache_len: int, bidirectional_prompt: bool = False):

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 
 from research.models import masks
-from research.models.attention import init_kv_cache
 from research.models.config import ModelConfig
 from research.models.decoder import DecoderOutput
 from research.models.heads import LmHead
 from research.models.layers import Embeddings, token_embedding
+from research.models import transformer
 from research.models.transformer import Stack, StackOutput
 
 
@@ -115,8 +115,7 @@ class EncoderDecoder(nn.Module):
     """Decoder self-attention caches of `length` slots (the cross-attention keys and values
     are added by `prefill`) and which slots hold real tokens."""
     self.cfg.check_length(length, 'target')
-    return {'layers': [{'self': init_kv_cache(batch, length, self.cfg)}
-                       for _ in range(self.cfg.decoder_layers)],
+    return {'layers': transformer.init_cache(self.cfg, self.cfg.decoder_layers, batch, length),
             'key_valid': jnp.zeros((batch, length), bool)}
 
   def prefill(self, source_ids, source_mask, start_ids, cache_len: int):

@@ -14,8 +14,9 @@ from typing import Any
 import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
 
-from research.models.attention import MultiHeadAttention, residual_init_std
+from research.models.attention import MultiHeadAttention, init_kv_cache, residual_init_std
 from research.models.config import ModelConfig
 from research.models.layers import Mlp, RelativePositionBias, norm
 
@@ -28,7 +29,9 @@ class StackOutput:
   # [batch, heads, q_len, k_len].
   hidden_states: tuple[jax.Array, ...] | None = None
   attentions: tuple[jax.Array, ...] | None = None
-  cache: Any = None  # list of per-layer {'self': {'k', 'v'}[, 'cross': {'k', 'v'}]}
+  # list of per-layer {'self': {'k', 'v'}[, 'cross': {'k', 'v'}]}; scanned: one such dict
+  # of arrays with a leading layers axis
+  cache: Any = None
 
 
 class Block(nn.Module):
@@ -84,6 +87,32 @@ class Block(nn.Module):
     return x, weights, new_cache
 
 
+# jax.checkpoint policies of ModelConfig.remat_policy: what the backward pass may keep of a
+# block's forward pass instead of recomputing it ('full' keeps nothing but the block's input).
+REMAT_POLICIES = {
+    'full': None,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def init_cache(cfg: ModelConfig, num_layers: int, batch: int, length: int):
+  """An empty self-attention cache for a Stack of `num_layers`: a list of per-layer
+  {'self': {'k', 'v'}} or, with cfg.scan_layers, one such dict whose arrays carry a leading
+  layers axis [layers, batch, heads, length, head_dim] (what the scanned Stack slices)."""
+  if cfg.scan_layers:
+    one = init_kv_cache(batch, length, cfg)
+    return {'self': jax.tree.map(lambda x: jnp.broadcast_to(x, (num_layers, *x.shape)), one)}
+  return [{'self': init_kv_cache(batch, length, cfg)} for _ in range(num_layers)]
+
+
+def cache_batch_axes(cfg: ModelConfig, cache: dict):
+  """The batch axis of every array of a model's cache ({'layers': ..., 'key_valid', ...}):
+  1 for the stacked per-layer arrays of a scanned Stack, else 0 (beam search reorders rows)."""
+  layers = 1 if cfg.scan_layers else 0
+  return {k: jax.tree.map(lambda _: layers if k == 'layers' else 0, v) for k, v in cache.items()}
+
+
 class Stack(nn.Module):
   """`num_layers` Blocks (+ the final norm of pre-LN models, + T5's relative position bias).
 
@@ -91,6 +120,14 @@ class Stack(nn.Module):
   locally banded one (GPT-3's alternating pattern); local_mask may be None otherwise.
   With cfg.position == 'relative', `positions` = (query positions [batch|1, q], key positions
   [batch|1, k]) give the bias, bidirectional unless `causal`.
+
+  The blocks run as a Python loop (parameters `layer_{i}/...`) or, with cfg.scan_layers, as
+  one `nn.scan` over a single Block whose parameters carry a leading layers axis
+  (`layers/...`, logical axis 'layers'); both compute the same function of the same weights
+  (models/scan_layout.py converts between the two layouts). What differs per layer enters the
+  scan as data: the layer index (GPT-3's odd layers select the banded mask) and that layer's
+  slice of the cache. T5's bias, the masks and the encoder memory are computed once and
+  broadcast to every iteration.
   """
   cfg: ModelConfig
   num_layers: int
@@ -106,27 +143,67 @@ class Stack(nn.Module):
     if cfg.position == 'relative':
       bias = RelativePositionBias(cfg, bidirectional=not self.causal, name='relative_bias')(
           *positions)  # [1|batch, heads, q, k]
-    # Arguments are passed positionally so `deterministic` can be static under remat
-    # (argnum 3 counts `self`).
-    block_cls = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
     dense_mask, local_mask = masks
-    hidden_states, attentions, new_cache = [], [], []
-    for i in range(self.num_layers):
-      if return_intermediates:
-        hidden_states.append(x)
-      data = {'mask': local_mask if cfg.is_local_layer(i) else dense_mask, 'bias': bias}
-      if self.cross:
-        data.update(memory=memory, memory_mask=memory_mask)
-      layer_cache = None if cache is None else cache[i]
-      x, weights, layer_cache = block_cls(cfg, self.cross, self.num_layers, name=f'layer_{i}')(
-          x, data, deterministic, layer_cache, cache_index)
-      attentions.append(weights)
-      new_cache.append(layer_cache)
+    data = {'mask': dense_mask, 'bias': bias}
+    if self.cross:
+      data.update(memory=memory, memory_mask=memory_mask)
+    run = _scanned_layers if cfg.scan_layers else _looped_layers
+    x, hidden_states, attentions, new_cache = run(
+        self, x, data, local_mask, deterministic, cache, cache_index, return_intermediates)
     if cfg.final_ln:
       x = norm(cfg, 'final_ln')(x)
-    cache_out = None if cache is None else new_cache
     if not return_intermediates:
-      return StackOutput(hidden=x, cache=cache_out)
+      return StackOutput(hidden=x, cache=new_cache)
+    return StackOutput(hidden=x, hidden_states=(*hidden_states, x), attentions=attentions,
+                       cache=new_cache)
+
+
+def _looped_layers(stack: Stack, x, data, local_mask, deterministic, cache, cache_index,
+                   collect):
+  """The blocks as a Python loop (one `layer_{i}` per layer, unrolled in the program)."""
+  cfg = stack.cfg
+  block_cls = Block
+  if cfg.remat_mode != 'none':
+    # Arguments are passed positionally so `deterministic` can be static under remat
+    # (argnum 3 counts `self`).
+    block_cls = nn.remat(Block, static_argnums=(3,), policy=REMAT_POLICIES[cfg.remat_mode])
+  hidden_states, attentions, new_cache = [], [], []
+  for i in range(stack.num_layers):
     hidden_states.append(x)
-    return StackOutput(hidden=x, hidden_states=tuple(hidden_states), attentions=tuple(attentions),
-                       cache=cache_out)
+    layer_data = {**data, 'mask': local_mask if cfg.is_local_layer(i) else data['mask']}
+    layer_cache = None if cache is None else cache[i]
+    x, weights, layer_cache = block_cls(cfg, stack.cross, stack.num_layers, name=f'layer_{i}')(
+        x, layer_data, deterministic, layer_cache, cache_index)
+    attentions.append(weights)
+    new_cache.append(layer_cache)
+  return (x, tuple(hidden_states) if collect else None, tuple(attentions) if collect else None,
+          None if cache is None else new_cache)
+
+
+def _scanned_layers(stack: Stack, x, data, local_mask, deterministic, cache, cache_index,
+                    collect):
+  """The blocks as one `nn.scan` over a Block with stacked parameters: one layer's program,
+  run num_layers times. Per-layer hidden states and attention weights come out stacked along
+  the layers axis and are split into the loop's tuples; the cache stays stacked."""
+  cfg = stack.cfg
+
+  def body(block: Block, x, layer, layer_cache, data, local_mask, cache_index):
+    if local_mask is not None:  # GPT-3: odd layers read the banded mask (cfg.is_local_layer)
+      data = {**data, 'mask': jnp.where(layer % 2 == 1, local_mask, data['mask'])}
+    y, weights, layer_cache = block(x, data, deterministic, layer_cache, cache_index)
+    # Only what is asked for leaves the loop: stacked weights are [layers, b, h, q, k].
+    return y, (layer_cache, weights if collect else None, x if collect else None)
+
+  if cfg.remat_mode != 'none':
+    # prevent_cse=False: the scan already keeps XLA from merging the recomputation away
+    # (flax's advice for remat inside scan).
+    body = nn.remat(body, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_mode])
+  scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                 in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+                 length=stack.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+  block = Block(cfg, stack.cross, stack.num_layers, name='layers')
+  x, (new_cache, weights, inputs) = scan(block, x, jnp.arange(stack.num_layers), cache, data,
+                                         local_mask, cache_index)
+  split = lambda stacked: tuple(stacked[i] for i in range(stack.num_layers))
+  return (x, split(inputs) if collect else None, split(weights) if collect else None,
+          None if cache is None else new_cache)
