@@ -124,6 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                  # data-parallel axis size; -1 = all devices not used by fsdp
   c.mesh.fsdp = 1                   # parameter/optimizer-state sharding axis size (ZeRO-3 style)
+  c.mesh.tensor = 1                 # tensor-parallel axis 'model': heads, MLP units, vocabulary
   return c
 
 

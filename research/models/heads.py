@@ -48,7 +48,8 @@ class ClassifierHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     return nn.Dense(self.num_classes, dtype=self.cfg.compute_dtype, name='dense',
-                    kernel_init=dense_init(self.cfg.init_std, ('embed', None)))(x)
+                    kernel_init=dense_init(self.cfg.init_std, ('embed', None)),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
 
 
 class LmHead(nn.Module):
