@@ -17,7 +17,9 @@ and only that array is replicated (`plan.py` shows what that costs).
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -40,6 +42,10 @@ LOGICAL_RULES = (
     ('mlp', 'model'),
     ('heads', 'model'),
     ('kv', None),
+    # Activations only (models/layers.py `constrain`): the residual stream's features and the
+    # sequence stay whole on every device.
+    ('length', None),
+    ('act_embed', None),
 )
 
 
@@ -88,6 +94,32 @@ def logical_sharding(names: tuple, shape: tuple[int, ...], mesh) -> NamedShardin
   """The NamedSharding of an array with logical axis `names` and `shape` on `mesh`."""
   spec = nn.logical_to_mesh_axes(names, rules_for(mesh))
   return NamedSharding(mesh, _divisible(spec, shape, mesh))
+
+
+def with_rules(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` traced with `mesh` in force, so the activation constraints that modules name
+  (layers.constrain -> constrain_activation) bind to it. Without them XLA's propagation may pick a
+  parameter's layout for the activations: with FSDP it split the features over 'fsdp' and
+  gave every device the *whole* batch (gpt2-124m, batch 32 on 8 devices: 95 GB of
+  temporaries per device instead of ~10; research/plan.py measures it)."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return traced
+
+
+def constrain_activation(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """`x` constrained to the layout its logical axis `names` have on the mesh in force
+  (with_rules); unchanged when none is (initialisation, generation, tests of modules).
+
+  The rules are passed explicitly rather than through flax's `logical_axis_rules` context:
+  under that context flax also constrains every parameter it initialises, which breaks
+  `nn.DenseGeneral` (it initialises a flattened kernel) when nn.scan traces its body."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return nn.with_logical_constraint(x, names, rules=rules_for(mesh))
 
 
 def state_shardings(abstract_boxed_state, mesh: Mesh):

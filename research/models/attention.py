@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import dense_init, zeros_init
+from research.models.layers import constrain, dense_init, zeros_init
 
 
 def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
@@ -62,7 +62,8 @@ class MultiHeadAttention(nn.Module):
     proj = lambda name, std: nn.DenseGeneral(
         (cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=dtype, name=name,
         kernel_init=dense_init(std, ('embed', 'heads', 'kv')), bias_init=zeros_init(('heads', 'kv')))
-    q = proj('query', q_std)(x_q)  # [batch, q_len, heads, head_dim]
+    heads = ('batch', 'length', 'heads', 'kv')  # Megatron: heads split over 'model'
+    q = constrain(proj('query', q_std)(x_q), heads)  # [batch, q_len, heads, head_dim]
     if cfg.attention_scale:
       q = q / jnp.sqrt(cfg.head_dim).astype(dtype)
 
@@ -71,8 +72,8 @@ class MultiHeadAttention(nn.Module):
     else:
       source = x_q if x_kv is None else x_kv
       # Heads-first, the cache's layout: [batch, heads, kv_len, head_dim].
-      k = proj('key', cfg.init_std)(source).transpose(0, 2, 1, 3)
-      v = proj('value', cfg.init_std)(source).transpose(0, 2, 1, 3)
+      k = constrain(proj('key', cfg.init_std)(source), heads).transpose(0, 2, 1, 3)
+      v = constrain(proj('value', cfg.init_std)(source), heads).transpose(0, 2, 1, 3)
       if x_kv is not None:
         cache = {'k': k, 'v': v}
       elif cache is not None:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from research.models.attention import MultiHeadAttention, init_kv_cache, residual_init_std
 from research.models.config import ModelConfig
-from research.models.layers import Mlp, RelativePositionBias, norm
+from research.models.layers import RESIDUAL, Mlp, RelativePositionBias, constrain, norm
 
 
 @flax.struct.dataclass
@@ -80,11 +80,11 @@ class Block(nn.Module):
         new_cache['cross'] = kv
       return out
 
-    x = residual(x, 'attention', self_attention)
+    x = constrain(residual(x, 'attention', self_attention), RESIDUAL)
     if self.cross:
-      x = residual(x, 'cross', cross_attention)
+      x = constrain(residual(x, 'cross', cross_attention), RESIDUAL)
     x = residual(x, 'mlp', lambda h: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
-    return x, weights, new_cache
+    return constrain(x, RESIDUAL), weights, new_cache
 
 
 # jax.checkpoint policies of ModelConfig.remat_policy: what the backward pass may keep of a
