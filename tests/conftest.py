@@ -10,6 +10,11 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: long end-to-end test; `make test-all` runs it, '
+                          '`make test` (CI) skips it')
+
+
 @pytest.fixture(scope='session')
 def small_corpus(tmp_path_factory) -> str:
   """40 chapters of Sense and Sensibility in BERT's format: fast to tokenize, still real text."""
