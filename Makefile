@@ -37,6 +37,12 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m research.benchmarks.train_throughput
 
+# On one GPU: GPT-2 124M (sequence 1024) and BERT-base training MFU in bfloat16 against the
+# datasheet peak, KV-cache decoding tokens/s (+ HF PyTorch `generate` when torch is installed).
+.PHONY: test-all bench-gpu
+bench-gpu: $(STAMP)
+	$(PY) -m research.benchmarks.gpu
+
 # BERT Table 5 "why bidirectional" in miniature: pretrain 3 models, fine-tune 5 settings x
 # 3 tasks x 3 seeds (two runs at a time), write runs/table5/table.md + table.png
 # (configs/repro/bert_table5.py).

@@ -51,7 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.local_window = P(int)     # >0: GPT-3 alternating dense / locally banded attention
   c.model.two_stream = P(bool)      # XLNet: the encoder also runs the query stream (objective plm)
   c.model.dtype = P(str)            # compute dtype ('bfloat16' on accelerators); params stay fp32
-  c.model.remat = P(bool)           # recompute blocks in the backward pass to save memory
+  c.model.remat = P(bool)           # True = remat_policy 'full' (the older spelling)
+  c.model.remat_policy = P(str)     # recompute in the backward pass: 'none' | 'full' |
+                                    # 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
+  c.model.scan_layers = P(bool)     # nn.scan over the layers: flat compile time in depth;
+                                    # params get a leading 'layers' axis (models/scan_layout.py)
 
   # --- data
   c.data = ml_collections.ConfigDict()
@@ -127,6 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                  # data-parallel axis size; -1 = all devices not used by fsdp
   c.mesh.fsdp = 1                   # parameter/optimizer-state sharding axis size (ZeRO-3 style)
+  c.mesh.tensor = 1                 # tensor-parallel axis 'model': heads, MLP units, vocabulary
   return c
 
 

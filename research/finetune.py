@@ -101,7 +101,8 @@ def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
 
   loaded = None
   if init_from:
-    loaded = loading.load_params(init_from, config.finetune.init_step or None, mesh)
+    loaded = loading.load_params(init_from, config.finetune.init_step or None, mesh,
+                                 scan_layers=config.model.get('scan_layers'))
     model_cfg, tok = loaded.cfg, loaded.tokenizer
   else:
     path = config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import loading, models
+from research.models import attention
 from research.objectives import seq2seq
 
 
@@ -207,8 +208,11 @@ def _beam_loop(model, params, inputs, max_new, stop_ids, alpha, *, cache_len, pr
   logits, cache, lengths = prefill(model, params, inputs, cache_len, bidirectional_prompt)
   vocab = logits.shape[-1]
   # Every beam of a prompt starts from the same prefix: copy the prompt's cache K times.
-  beams_of = lambda x: jnp.repeat(x, k, axis=0)  # [batch, ...] -> [batch * k, ...]
-  cache, lengths, logits = jax.tree.map(beams_of, (cache, lengths, logits))
+  beams_of = lambda x, axis=0: jnp.repeat(x, k, axis=axis)  # [batch, ...] -> [batch * k, ...]
+  lengths, logits = beams_of(lengths), beams_of(logits)
+  # A scanned stack's cache holds its rows on axis 1, after the layers.
+  cache_axes = attention.cache_batch_axes(model.cfg, cache)
+  cache = jax.tree.map(beams_of, cache, cache_axes)
   rows = jnp.arange(batch)[:, None] * k  # first cache row of each prompt
 
   def extend(t, logits, alive, alive_logp, finished, finished_score):
@@ -238,7 +242,8 @@ def _beam_loop(model, params, inputs, max_new, stop_ids, alpha, *, cache_len, pr
                                 prompt_len + t - 1)
     alive, alive_logp, finished, finished_score, parents, token = extend(
         t, logits, alive, alive_logp, finished, finished_score)
-    cache = jax.tree.map(lambda x: x[parents], cache)  # each beam continues its parent's cache
+    # Each beam continues its parent's cache.
+    cache = jax.tree.map(lambda x, axis: jnp.take(x, parents, axis=axis), cache, cache_axes)
     return t + 1, alive, alive_logp, finished, finished_score, token, cache
 
   # Only beam 0 is live at first, so the K identical copies do not yield K identical beams.

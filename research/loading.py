@@ -21,6 +21,7 @@ import jax
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from research import checkpointing, models, sharding
+from research.models import scan_layout
 from research.models.config import ModelConfig
 
 MODEL_FILE = 'model.json'
@@ -94,32 +95,44 @@ def abstract_params(cfg: ModelConfig, mesh: Mesh | None = None):
                       nn.meta.unbox(boxed), shardings)
 
 
-def load_params(path: str, step: int | None = None, mesh: Mesh | None = None) -> Loaded:
+def load_params(path: str, step: int | None = None, mesh: Mesh | None = None, *,
+                scan_layers: bool | None = None) -> Loaded:
   """(ModelConfig, params, tokenizer, step) of a workdir's checkpoint `step` (default: the
-  newest) or of an HF model directory, params placed per `mesh` (default: one device)."""
+  newest) or of an HF model directory, params placed per `mesh` (default: one device).
+
+  `scan_layers` picks the parameter layout of the result (models/scan_layout.py; None: as
+  saved, which is unscanned for HF directories); the returned cfg says which it is."""
   if is_hf_directory(path):
     from research import convert  # transformers-format I/O only when asked for
     imported = convert.load(path)
-    params = imported.params
-    if mesh is not None:
-      params = jax.device_put(params, jax.tree.map(lambda x: x.sharding,
-                                                   abstract_params(imported.cfg, mesh)))
-    return Loaded(imported.cfg, params, imported.tokenizer, 0)
-  checkpoints = os.path.join(path, 'checkpoints')
-  if os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_FILE)) and not any(
-      name.isdigit() for name in (os.listdir(checkpoints) if os.path.isdir(checkpoints) else ())):
-    raise checkpointing.CheckpointError(
-        f'no checkpoint in {path}/checkpoints; train first or point at a trained run (a '
-        f'workdir of this codebase, or an HF model directory with {WEIGHTS_FILE})')
-  cfg = read_model_config(path)
-  tokenizer = load_tokenizer(path)
-  ckpt = checkpointing.Checkpointer(os.path.join(path, 'checkpoints'), keep=1)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise checkpointing.CheckpointError(f'no checkpoint in {path}/checkpoints; train first '
-                                          'or point at a trained run')
-    params = ckpt.restore_params(abstract_params(cfg, mesh), step)
-  finally:
-    ckpt.close()
+    cfg, params, tokenizer, step = imported.cfg, imported.params, imported.tokenizer, 0
+    if mesh is not None and scan_layers in (None, cfg.scan_layers):
+      params = jax.device_put(params, _shardings(abstract_params(cfg, mesh)))
+  else:
+    checkpoints = os.path.join(path, 'checkpoints')
+    saved = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+    if (os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_FILE))
+        and not any(name.isdigit() for name in saved)):  # an empty or fresh workdir
+      raise checkpointing.CheckpointError(
+          f'no checkpoint in {path}/checkpoints; train first or point at a trained run (a '
+          f'workdir of this codebase, or an HF model directory with {WEIGHTS_FILE})')
+    cfg = read_model_config(path)
+    tokenizer = load_tokenizer(path)
+    ckpt = checkpointing.Checkpointer(os.path.join(path, 'checkpoints'), keep=1)
+    try:
+      step = ckpt.latest_step() if step is None else step
+      if step is None:
+        raise checkpointing.CheckpointError(f'no checkpoint in {path}/checkpoints; train first '
+                                            'or point at a trained run')
+      params = ckpt.restore_params(abstract_params(cfg, mesh), step)
+    finally:
+      ckpt.close()
+  if scan_layers is not None and scan_layers != cfg.scan_layers:
+    cfg = cfg.replace(scan_layers=scan_layers)
+    params = jax.device_put(scan_layout.to_layout(params, scan_layers),
+                            _shardings(abstract_params(cfg, mesh)))
   return Loaded(cfg, params, tokenizer, step)
+
+
+def _shardings(abstract):
+  return jax.tree.map(lambda x: x.sharding, abstract)

@@ -53,7 +53,8 @@ def compile_step(step_fn: Callable, abstract_state, mesh) -> Callable:
   planned for it (state.py), the batch is split over the mesh's data axes, and the input state
   is donated so its buffers are reused for the output."""
   shardings = state_lib.shardings_of(abstract_state)
-  return jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+  return jax.jit(sharding.with_rules(step_fn, mesh),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, None), donate_argnums=0)
 
 

@@ -82,7 +82,7 @@ def _check_workdir_model(workdir: str, cfg: ModelConfig):
   saved = loading.read_model_config(workdir)
   changed = [f'{k}={getattr(saved, k)!r} (config: {getattr(cfg, k)!r})'
              for k in ('arch', 'vocab_size', 'd_model', 'num_layers', 'num_decoder_layers',
-                       'num_heads', 'd_ff', 'position', 'mlp')
+                       'num_heads', 'd_ff', 'position', 'mlp', 'scan_layers')
              if getattr(saved, k) != getattr(cfg, k)]
   if changed:
     raise ValueError(f'{workdir} holds a model with {", ".join(changed[:3])}; use a fresh '

@@ -21,10 +21,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from research import flops, models, objectives, optim, sharding, state as state_lib, steps, train
+from research import (flops, loop, models, objectives, optim, sharding, state as state_lib, steps,
+                      train)
 from research.models import presets
 from research.models.config import ModelConfig
-from research.objectives import seq2seq
+from research.objectives import synthetic
 
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per shape (after 2 warm-up steps).')
 _SHAPES = flags.DEFINE_list('shapes', ['tiny', 'small'], 'Shapes to time.')
@@ -43,34 +44,11 @@ FAMILIES = {  # family: (preset prefix, objective)
 }
 
 
-def synthetic_batch(objective, batch: int, seq_len: int, vocab: int,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """Random token ids in the layout each objective's pipeline produces (full rows)."""
-  ids = rng.integers(7, vocab, (batch, seq_len), dtype=np.int32)
-  if isinstance(objective, objectives.CausalLM):
-    return {'input_ids': ids, 'targets': np.roll(ids, -1, 1),
-            'weights': np.ones((batch, seq_len), np.float32)}
-  if isinstance(objective, objectives.MaskedLM):
-    mlm_weights = np.zeros((batch, seq_len), np.float32)
-    for row in mlm_weights:
-      row[rng.choice(seq_len, objective.max_predictions, replace=False)] = 1
-    segments = (np.arange(seq_len) >= seq_len // 2)[None].repeat(batch, 0).astype(np.int32)
-    return {'input_ids': ids, 'segment_ids': segments,
-            'attention_mask': np.ones((batch, seq_len), np.int32), 'mlm_targets': ids,
-            'mlm_weights': mlm_weights, 'nsp_labels': rng.integers(0, 2, batch, dtype=np.int32),
-            'nsp_weights': np.ones(batch, np.float32)}
-  target_len = (objective.lengths(seq_len)[1] if isinstance(objective, objectives.SpanCorruption)
-                else seq_len)
-  targets = rng.integers(7, vocab, (batch, target_len), dtype=np.int32)
-  return {'input_ids': ids, 'attention_mask': np.ones((batch, seq_len), np.int32),
-          'decoder_input_ids': seq2seq.shift_right(targets, 0),
-          'decoder_mask': np.ones((batch, target_len), np.int32), 'targets': targets,
-          'weights': np.ones((batch, target_len), np.float32)}
-
-
 def time_train_step(size: str, objective, vocab: int, batch: int, seq_len: int,
-                    num_steps: int, dtype: str) -> dict[str, float]:
-  model_cfg = ModelConfig(**{**presets.architecture(size), 'vocab_size': vocab, 'dtype': dtype})
+                    num_steps: int, dtype: str, **model_fields) -> dict[str, float]:
+  """`model_fields` override the preset's ModelConfig fields (e.g. scan_layers=True)."""
+  model_cfg = ModelConfig(**{**presets.architecture(size), 'vocab_size': vocab, 'dtype': dtype,
+                             **model_fields})
   model = models.build(model_cfg)
   optim_cfg = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=10, schedule='linear', end_lr_fraction=0.0,
@@ -79,12 +57,11 @@ def time_train_step(size: str, objective, vocab: int, batch: int, seq_len: int,
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
   abstract, init = state_lib.sharded_init(
       functools.partial(models.init_params, model, length=seq_len), tx, 0, mesh)
-  shardings = state_lib.shardings_of(abstract)
-  step_fn = jax.jit(functools.partial(steps.train_step, model=model, objective=objective, tx=tx),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, None), donate_argnums=0)
+  step_fn = loop.compile_step(
+      functools.partial(steps.train_step, model=model, objective=objective, tx=tx), abstract, mesh)
   rng = np.random.default_rng(0)
-  host_batches = [synthetic_batch(objective, batch, seq_len, vocab, rng) for _ in range(4)]
+  host_batches = [synthetic.synthetic_batch(objective, batch, seq_len, vocab, rng)
+                  for _ in range(4)]
   batches = [sharding.global_batch(b, mesh) for b in host_batches]
   state = init()
   for i in range(2):  # compile + warm-up

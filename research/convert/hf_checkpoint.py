@@ -17,6 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from research.models import scan_layout
 from research.models.config import ModelConfig
 
 CONFIG_FILE = 'config.json'
@@ -149,7 +150,8 @@ def apply_rules(weights: dict[str, np.ndarray], rules: Sequence[Rule], template:
 
 
 def invert_rules(params: dict, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
-  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  """HF tensors from our params (either layer layout: rules name the unscanned one)."""
+  flat = flax.traverse_util.flatten_dict(scan_layout.to_layout(params, False), sep='/')
   return {rule.hf: np.ascontiguousarray(rule.to_hf(*(np.asarray(flat[p]) for p in rule.ours)),
                                         np.float32)
           for rule in rules}

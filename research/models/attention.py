@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import dense_init, zeros_init
+from research.models.layers import constrain, dense_init, zeros_init
 
 
 def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
@@ -42,9 +42,22 @@ def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
 
 def init_stack_cache(cfg: ModelConfig, batch: int, length: int, num_layers: int) -> dict:
   """A stack's KV cache of `length` slots: per-layer self-attention keys/values and which
-  slots hold real tokens."""
-  return {'layers': [{'self': init_kv_cache(batch, length, cfg)} for _ in range(num_layers)],
-          'key_valid': jnp.zeros((batch, length), bool)}
+  slots hold real tokens. 'layers' is a list of per-layer {'self': {'k', 'v'}} or, with
+  cfg.scan_layers, one such dict whose arrays carry a leading layers axis
+  [layers, batch, heads, length, head_dim] (what the scanned Stack slices)."""
+  if cfg.scan_layers:
+    one = init_kv_cache(batch, length, cfg)
+    layers = {'self': jax.tree.map(lambda x: jnp.broadcast_to(x, (num_layers, *x.shape)), one)}
+  else:
+    layers = [{'self': init_kv_cache(batch, length, cfg)} for _ in range(num_layers)]
+  return {'layers': layers, 'key_valid': jnp.zeros((batch, length), bool)}
+
+
+def cache_batch_axes(cfg: ModelConfig, cache: dict):
+  """The batch axis of every array of a model's cache ({'layers': ..., 'key_valid', ...}):
+  1 for the stacked per-layer arrays of a scanned Stack, else 0 (beam search reorders rows)."""
+  layers = 1 if cfg.scan_layers else 0
+  return {k: jax.tree.map(lambda _: layers if k == 'layers' else 0, v) for k, v in cache.items()}
 
 
 def slots_and_keys(valid: jax.Array, cache: dict | None, cache_index: jax.Array | int):
@@ -86,7 +99,8 @@ class MultiHeadAttention(nn.Module):
     proj = lambda name, std: nn.DenseGeneral(
         (cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=dtype, name=name,
         kernel_init=dense_init(std, ('embed', 'heads', 'kv')), bias_init=zeros_init(('heads', 'kv')))
-    q = proj('query', q_std)(x_q)  # [batch, q_len, heads, head_dim]
+    heads = ('batch', 'length', 'heads', 'kv')  # Megatron: heads split over 'model'
+    q = constrain(proj('query', q_std)(x_q), heads)  # [batch, q_len, heads, head_dim]
     if cfg.attention_scale:
       q = q / jnp.sqrt(cfg.head_dim).astype(dtype)
 
@@ -95,8 +109,8 @@ class MultiHeadAttention(nn.Module):
     else:
       source = x_q if x_kv is None else x_kv
       # Heads-first, the cache's layout: [batch, heads, kv_len, head_dim].
-      k = proj('key', cfg.init_std)(source).transpose(0, 2, 1, 3)
-      v = proj('value', cfg.init_std)(source).transpose(0, 2, 1, 3)
+      k = constrain(proj('key', cfg.init_std)(source), heads).transpose(0, 2, 1, 3)
+      v = constrain(proj('value', cfg.init_std)(source), heads).transpose(0, 2, 1, 3)
       if x_kv is not None:
         cache = {'k': k, 'v': v}
       elif cache is not None:

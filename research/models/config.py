@@ -19,6 +19,10 @@ POSITIONS = ('learned', 'relative', 'none')
 NORMS = ('layer', 'rms')
 MLPS = ('dense', 'gated')
 ACTIVATION_NAMES = ('gelu', 'gelu_tanh', 'relu')
+# What the backward pass keeps of each block (jax.checkpoint policies, transformer.py):
+# everything ('none': no rematerialisation), only the block's input ('full'), or the outputs
+# of matmuls (all of them, or those without batch dimensions, i.e. not attention's).
+REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 # Keys of `config.model` that describe where the fields came from, not the network.
 _RUN_KEYS = ('size',)
 
@@ -80,7 +84,15 @@ class ModelConfig:
   # learned start vector, attending strictly earlier tokens of a factorization order).
   two_stream: bool = False
   dtype: str = 'float32'  # compute dtype; parameters stay float32
-  remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
+  # How the stack runs, not what it computes (outputs are the same either way):
+  # `remat_policy` (REMAT_POLICIES) rematerialises blocks in the backward pass to save
+  # activation memory; `remat=True` is the older spelling of remat_policy='full'.
+  remat: bool = False
+  remat_policy: str = 'none'
+  # One `nn.scan` over the layers instead of a Python loop: compile time and program size stay
+  # flat in depth (as t5x and MaxText do). Parameters then carry a leading 'layers' axis
+  # (`stack/layers/...` instead of `stack/layer_{i}/...`); models/scan_layout.py converts.
+  scan_layers: bool = False
 
   @classmethod
   def from_config(cls, model_cfg: Any, vocab_size: int | None = None) -> 'ModelConfig':
@@ -124,6 +136,13 @@ class ModelConfig:
     return self.arch in ('encoder', 'encoder_decoder')
 
 
+  @property
+  def remat_mode(self) -> str:
+    """The effective REMAT_POLICIES entry (`remat=True` alone means 'full')."""
+    if self.remat_policy == 'none' and self.remat:
+      return 'full'
+    return self.remat_policy
+
   def is_local_layer(self, layer: int) -> bool:
     return self.local_window > 0 and layer % 2 == 1
 
@@ -140,7 +159,8 @@ class ModelConfig:
 
   def __post_init__(self):
     choices = {'arch': ARCHS, 'position': POSITIONS, 'norm': NORMS, 'mlp': MLPS,
-               'activation': ACTIVATION_NAMES, 'decoder_start': ('pad', 'eos')}
+               'activation': ACTIVATION_NAMES, 'decoder_start': ('pad', 'eos'),
+               'remat_policy': REMAT_POLICIES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ValueError(f'unknown --config.model.{name}={getattr(self, name)!r}; use one of '

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import ACTIVATIONS, dense_init, norm
+from research.models.layers import ACTIVATIONS, constrain, dense_init, norm
 
 
 class Pooler(nn.Module):
@@ -37,7 +37,7 @@ class MlmHead(nn.Module):
     h = norm(cfg, "norm")(ACTIVATIONS[cfg.activation](h))
     bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                       (cfg.vocab_size,))
-    return decode(h) + bias  # [..., vocab]
+    return vocab_logits(decode(h) + bias)  # [..., vocab]
 
 
 class ClassifierHead(nn.Module):
@@ -48,7 +48,8 @@ class ClassifierHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     return nn.Dense(self.num_classes, dtype=self.cfg.compute_dtype, name='dense',
-                    kernel_init=dense_init(self.cfg.init_std, ('embed', None)))(x)
+                    kernel_init=dense_init(self.cfg.init_std, ('embed', None)),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
 
 
 class LmHead(nn.Module):
@@ -66,7 +67,13 @@ class LmHead(nn.Module):
     if cfg.tie_output:
       if cfg.scale_tied_output:
         hidden = hidden * cfg.d_model ** -0.5
-      return embeddings.attend(hidden)
+      return vocab_logits(embeddings.attend(hidden))
     kernel = self.param('kernel', dense_init(cfg.init_std, ('embed', 'vocab')),
                         (cfg.d_model, cfg.vocab_size))
-    return jnp.einsum('...d,dv->...v', hidden, kernel.astype(cfg.compute_dtype))
+    return vocab_logits(jnp.einsum('...d,dv->...v', hidden, kernel.astype(cfg.compute_dtype)))
+
+
+def vocab_logits(logits: jax.Array) -> jax.Array:
+  """[batch, length, vocab] logits split by rows and, under tensor parallelism, by vocabulary
+  (the loss's log-sum-exp then reduces across 'model'); other ranks are left alone."""
+  return constrain(logits, ('batch', 'length', 'vocab')) if logits.ndim == 3 else logits

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research import sharding
 from research.models.config import ModelConfig
 from research.models.masks import relative_position_bucket
 
@@ -17,6 +18,17 @@ ACTIVATIONS = {
     'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # GPT-1/2, T5.1.1's gated-gelu
     'relu': jax.nn.relu,  # T5 v1.0
 }
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Names the logical axes of an activation (e.g. ('batch', 'length', 'act_embed')) so that,
+  under sharding.with_rules, XLA keeps it laid out so (batch split over the data axes, heads /
+  hidden units over 'model'); a no-op anywhere else (initialisation, generation)."""
+  return sharding.constrain_activation(x, names)
+
+
+# The residual stream [batch, length, d_model]: split by rows, features whole.
+RESIDUAL = ('batch', 'length', 'act_embed')
 
 
 def dense_init(std: float, names: tuple[str | None, ...]):
@@ -86,7 +98,7 @@ class Embeddings(nn.Module):
       x = x + self.segment(segment_ids)
     if self.cfg.embed_ln:
       x = self.norm(x)
-    return self.dropout(x, deterministic=deterministic)
+    return constrain(self.dropout(x, deterministic=deterministic), RESIDUAL)
 
   def attend(self, x):
     """Tied output projection: [batch, length, d_model] -> [batch, length, vocab] logits."""
@@ -111,6 +123,7 @@ class Mlp(nn.Module):
           cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi_1')(x)  # [batch, length, d_ff]
     else:
       h = act(dense(cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi')(x))  # [batch, length, d_ff]
+    h = constrain(h, ('batch', 'length', 'mlp'))  # Megatron: hidden units split over 'model'
     return dense(cfg.d_model, self.residual_std, ('mlp', 'embed'), 'wo')(h)
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 from research.models.attention import MultiHeadAttention, residual_init_std
 from research.models.config import ModelConfig
-from research.models.layers import Mlp, RelativePositionBias, norm
+from research.models.layers import RESIDUAL, Mlp, RelativePositionBias, constrain, norm
 
 
 @flax.struct.dataclass
@@ -28,7 +29,9 @@ class StackOutput:
   # [batch, heads, q_len, k_len].
   hidden_states: tuple[jax.Array, ...] | None = None
   attentions: tuple[jax.Array, ...] | None = None
-  cache: Any = None  # list of per-layer {'self': {'k', 'v'}[, 'cross': {'k', 'v'}]}
+  # list of per-layer {'self': {'k', 'v'}[, 'cross': {'k', 'v'}]}; scanned: one such dict
+  # of arrays with a leading layers axis
+  cache: Any = None
   query: jax.Array | None = None  # XLNet's query stream output [batch, q, d_model]
 
 
@@ -84,11 +87,20 @@ class Block(nn.Module):
         new_cache['cross'] = kv
       return out
 
-    x = residual(x, 'attention', self_attention)
+    x = constrain(residual(x, 'attention', self_attention), RESIDUAL)
     if 'memory_mask' in data:  # a decoder block of an encoder-decoder
-      x = residual(x, 'cross', cross_attention)
+      x = constrain(residual(x, 'cross', cross_attention), RESIDUAL)
     x = residual(x, 'mlp', lambda h, _: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
-    return x, weights, new_cache
+    return constrain(x, RESIDUAL), weights, new_cache
+
+
+# jax.checkpoint policies of ModelConfig.remat_policy: what the backward pass may keep of a
+# block's forward pass instead of recomputing it ('full' keeps nothing but the block's input).
+REMAT_POLICIES = {
+    'full': None,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Stack(nn.Module):
@@ -100,6 +112,14 @@ class Stack(nn.Module):
   [batch|1, k]) give the bias, bidirectional unless `causal`. Given `memory_mask`, every
   Block cross-attends to `memory` (an encoder-decoder's decoder; T5's shared-parameter
   variant runs one Stack as both, Raffel et al. 2020, Sec 3.2.2).
+
+  The blocks run as a Python loop (parameters `layer_{i}/...`) or, with cfg.scan_layers, as
+  one `nn.scan` over a single Block whose parameters carry a leading layers axis
+  (`layers/...`, logical axis 'layers'); both compute the same function of the same weights
+  (models/scan_layout.py converts between the two layouts). What differs per layer enters the
+  scan as data: the layer index (GPT-3's odd layers select the banded mask) and that layer's
+  slice of the cache. T5's bias, the masks and the encoder memory are computed once and
+  broadcast to every iteration.
   """
   cfg: ModelConfig
   num_layers: int
@@ -116,31 +136,83 @@ class Stack(nn.Module):
     if cfg.position == 'relative':
       bias = RelativePositionBias(cfg, bidirectional=not causal, name='relative_bias')(
           *positions)  # [1|batch, heads, q, k]
-    # Arguments are passed positionally so `deterministic` can be static under remat
-    # (argnum 3 counts `self`).
-    block_cls = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
     dense_mask, local_mask = masks
-    hidden_states, attentions, new_cache = [], [], []
-    for i in range(self.num_layers):
-      if return_intermediates:
-        hidden_states.append(x)
-      data = {'mask': local_mask if cfg.is_local_layer(i) else dense_mask, 'bias': bias}
-      if memory_mask is not None:
-        data.update(memory=memory, memory_mask=memory_mask)
-      layer_cache = None if cache is None else cache[i]
-      block = block_cls(cfg, self.num_layers, name=f'layer_{i}')
-      if query is not None:  # shares the block's weights; reads the layer's content input
-        query, _, _ = block(query, {**data, 'mask': query_mask, 'kv': x}, deterministic)
-      x, weights, layer_cache = block(x, data, deterministic, layer_cache, cache_index)
-      attentions.append(weights)
-      new_cache.append(layer_cache)
+    data = {'mask': dense_mask, 'bias': bias}
+    if memory_mask is not None:
+      data.update(memory=memory, memory_mask=memory_mask)
+    run = _scanned_layers if cfg.scan_layers else _looped_layers
+    (x, query), hidden_states, attentions, new_cache = run(
+        self, (x, query), data, local_mask, query_mask, deterministic, cache, cache_index,
+        return_intermediates)
     if cfg.final_ln:
       final_ln = norm(cfg, 'final_ln')
       x = final_ln(x)
       query = None if query is None else final_ln(query)
-    cache_out = None if cache is None else new_cache
     if not return_intermediates:
-      return StackOutput(hidden=x, cache=cache_out, query=query)
-    hidden_states.append(x)
-    return StackOutput(hidden=x, hidden_states=tuple(hidden_states), attentions=tuple(attentions),
-                       cache=cache_out, query=query)
+      return StackOutput(hidden=x, cache=new_cache, query=query)
+    return StackOutput(hidden=x, hidden_states=(*hidden_states, x), attentions=attentions,
+                       cache=new_cache, query=query)
+
+
+def _layer(block, streams, data, query_mask, deterministic, cache, cache_index):
+  """One Block on the content stream and, for XLNet, on the query stream (same weights; the
+  query stream reads keys and values from the layer's content input)."""
+  x, query = streams
+  if query is not None:
+    query, _, _ = block(query, {**data, 'mask': query_mask, 'kv': x}, deterministic)
+  x, weights, cache = block(x, data, deterministic, cache, cache_index)
+  return (x, query), weights, cache
+
+
+def _looped_layers(stack: Stack, streams, data, local_mask, query_mask, deterministic, cache,
+                   cache_index, collect):
+  """The blocks as a Python loop (one `layer_{i}` per layer, unrolled in the program)."""
+  cfg = stack.cfg
+  block_cls = Block
+  if cfg.remat_mode != 'none':
+    # Arguments are passed positionally so `deterministic` can be static under remat
+    # (argnum 3 counts `self`).
+    block_cls = nn.remat(Block, static_argnums=(3,), policy=REMAT_POLICIES[cfg.remat_mode])
+  hidden_states, attentions, new_cache = [], [], []
+  for i in range(stack.num_layers):
+    hidden_states.append(streams[0])
+    layer_data = {**data, 'mask': local_mask if cfg.is_local_layer(i) else data['mask']}
+    block = block_cls(cfg, stack.num_layers, name=f'layer_{i}')
+    streams, weights, layer_cache = _layer(block, streams, layer_data, query_mask, deterministic,
+                                           None if cache is None else cache[i], cache_index)
+    attentions.append(weights)
+    new_cache.append(layer_cache)
+  return (streams, tuple(hidden_states) if collect else None,
+          tuple(attentions) if collect else None, None if cache is None else new_cache)
+
+
+def _scanned_layers(stack: Stack, streams, data, local_mask, query_mask, deterministic, cache,
+                    cache_index, collect):
+  """The blocks as one `nn.scan` over a Block with stacked parameters: one layer's program,
+  run num_layers times. Per-layer hidden states and attention weights come out stacked along
+  the layers axis and are split into the loop's tuples; the cache stays stacked."""
+  cfg = stack.cfg
+
+  def body(block: Block, streams, layer, layer_cache, data, local_mask, query_mask,
+           cache_index):
+    if local_mask is not None:  # GPT-3: odd layers read the banded mask (cfg.is_local_layer)
+      data = {**data, 'mask': jnp.where(layer % 2 == 1, local_mask, data['mask'])}
+    out, weights, layer_cache = _layer(block, streams, data, query_mask, deterministic,
+                                       layer_cache, cache_index)
+    # Only what is asked for leaves the loop: stacked weights are [layers, b, h, q, k].
+    return out, (layer_cache, weights if collect else None, streams[0] if collect else None)
+
+  if cfg.remat_mode != 'none':
+    # prevent_cse=False: the scan already keeps XLA from merging the recomputation away
+    # (flax's advice for remat inside scan).
+    body = nn.remat(body, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_mode])
+  scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                 in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                 length=stack.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+  block = Block(cfg, stack.num_layers, name='layers')
+  streams, (new_cache, weights, inputs) = scan(
+      block, streams, jnp.arange(stack.num_layers), cache, data, local_mask, query_mask,
+      cache_index)
+  split = lambda stacked: tuple(stacked[i] for i in range(stack.num_layers))
+  return (streams, split(inputs) if collect else None, split(weights) if collect else None,
+          None if cache is None else new_cache)
