@@ -38,7 +38,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes to time
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens per row.')
 _NEW_TOKENS = flags.DEFINE_integer('new_tokens', 128, 'Generated tokens per row.')
 _CONTEXTS = flags.DEFINE_list('contexts', ['64', '256', '512', '960'],
-                              'Context lengths of the per-token latency table (batch 1).')
+                              'Context lengths of the per-token latency table (batch 1; '
+                              'empty: no table).')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed runs per measurement; the best is kept.')
 _SIZE = flags.DEFINE_string('size', 'gpt2-124m', 'A decoder size from research/models/presets.py.')
 
@@ -104,6 +105,8 @@ def main(argv):
         line += f' {min(seconds) / cached:>8.2f}x'
       print(line, flush=True)
 
+  if not _CONTEXTS.value:
+    return
   print('\nper-token latency at batch 1 (ms) as the context grows')
   print(f'{"context":>7} {"cache":>8} {"no cache":>9}')
   steps = 32

@@ -146,12 +146,16 @@ def hf_config(family: str, cfg: ModelConfig):
   raise ValueError(f'no peer for family {family!r}; choose one of {", ".join(CLASSES)}')
 
 
-def _flax_model(family: str, cfg: ModelConfig, input_shape: tuple[int, int]):
-  """(HF Flax model without params, its params initialised by one jitted call)."""
-  t = _transformers()
+def flax_model_class(family: str):
+  """The HF Flax class of a family (FlaxT5 patched to run on jax 0.10, see above)."""
   if family == 't5':
     _patch_flax_t5()
-  model = getattr(t, 'Flax' + CLASSES[family][1])(hf_config(family, cfg), _do_init=False)
+  return getattr(_transformers(), 'Flax' + CLASSES[family][1])
+
+
+def _flax_model(family: str, cfg: ModelConfig, input_shape: tuple[int, int]):
+  """(HF Flax model without params, its params initialised by one jitted call)."""
+  model = flax_model_class(family)(hf_config(family, cfg), _do_init=False)
   init = jax.jit(model.init_weights, static_argnums=1)
   import flax  # pylint: disable=g-import-not-at-top
   params = flax.core.unfreeze(init(jax.random.PRNGKey(0), input_shape))

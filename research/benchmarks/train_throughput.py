@@ -1,7 +1,7 @@
 """Training throughput (tokens/s) and MFU of the real jitted train step on synthetic batches.
 
-  python -m research.benchmarks.train_throughput [--steps=20] [--shapes=tiny,small,base]
-      [--models=bert,gpt,t5,bart] [--peers --rounds=2]
+  python -m research.benchmarks.train_throughput [--steps=20] [--max_seconds=0]
+      [--shapes=tiny,small,base] [--models=bert,gpt,t5,bart] [--peers --rounds=2]
 
 MFU = model FLOPs/s (research/flops.py `model_flops`) / this machine's measured peak matmul
 FLOP/s, so the figure is comparable across machines. Shapes (one per model family):
@@ -40,6 +40,9 @@ from research.objectives import seq2seq
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (after 2 warm-up steps).')
 _SHAPES = flags.DEFINE_list('shapes', ['tiny', 'small'], 'Shapes to time (tiny, small, base).')
 _MODELS = flags.DEFINE_list('models', ['bert', 'gpt', 't5', 'bart'], 'Model families to time.')
+_MAX_SECONDS = flags.DEFINE_float(
+    'max_seconds', 0, 'If > 0, time fewer steps (at least 3) where --steps would take longer '
+    'than this (judged from the second warm-up step): large shapes on a slow CPU.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
 
 
@@ -122,11 +125,14 @@ def our_train_step(model_cfg: ModelConfig, objective,
   return peers.Runner(step, jax.block_until_ready, num_params)
 
 
-def seconds_per_step(runner: peers.Runner, num_steps: int) -> float:
-  """Mean wall time of `num_steps` updates, after 2 untimed ones (compilation, warm-up)."""
-  for i in range(2):
-    out = runner.step(i)
-  runner.block(out)
+def seconds_per_step(runner: peers.Runner, num_steps: int, max_seconds: float = 0) -> float:
+  """Mean wall time of `num_steps` updates after 2 untimed ones (compilation, warm-up); with
+  `max_seconds`, fewer (at least 3) when the second warm-up step says they would take longer."""
+  runner.block(runner.step(0))
+  start = time.perf_counter()
+  runner.block(runner.step(1))
+  if max_seconds:
+    num_steps = max(3, min(num_steps, int(max_seconds / (time.perf_counter() - start))))
   start = time.perf_counter()
   for i in range(num_steps):
     out = runner.step(2 + i)
@@ -134,10 +140,10 @@ def seconds_per_step(runner: peers.Runner, num_steps: int) -> float:
   return (time.perf_counter() - start) / num_steps
 
 
-def measure(build, num_steps: int) -> tuple[float, int]:
+def measure(build, num_steps: int, max_seconds: float) -> tuple[float, int]:
   """(seconds per step, parameters) of a freshly built runner, freed before returning."""
   runner = build()
-  seconds, num_params = seconds_per_step(runner, num_steps), runner.num_params
+  seconds, num_params = seconds_per_step(runner, num_steps, max_seconds), runner.num_params
   del runner
   gc.collect()  # drop this model's state before the next one is built
   return seconds, num_params
@@ -148,7 +154,7 @@ def model_config(shape: Shape, family: str, dtype: str) -> ModelConfig:
   return ModelConfig(**{**arch, 'vocab_size': shape.vocab or arch['vocab_size'], 'dtype': dtype})
 
 
-def time_row(shape: Shape, family: str, num_steps: int, dtype: str,
+def time_row(shape: Shape, family: str, num_steps: int, max_seconds: float, dtype: str,
              with_peers: bool) -> dict[str, float]:
   """Tokens/s (and MFU) of ours and, with_peers, of HF Flax and PyTorch, back to back."""
   model_cfg = model_config(shape, family, dtype)
@@ -165,7 +171,7 @@ def time_row(shape: Shape, family: str, num_steps: int, dtype: str,
                                          host_batches)
   row = {}
   for name, build in builders.items():
-    seconds, num_params = measure(build, num_steps)
+    seconds, num_params = measure(build, num_steps, max_seconds)
     row[name] = tokens / seconds
     row[f'{name}_params'] = num_params
     if name == 'ours':
@@ -195,7 +201,7 @@ def main(argv):
     for shape_name in _SHAPES.value:
       shape = SHAPES[shape_name]
       for family in _MODELS.value:
-        r = time_row(shape, family, _STEPS.value, dtype, peers.PEERS.value)
+        r = time_row(shape, family, _STEPS.value, _MAX_SECONDS.value, dtype, peers.PEERS.value)
         line = (f'{shape_name:6s} {shape.sizes[family]:10s} {OBJECTIVES[family].name:16s} '
                 f'{shape.batch:>4d}x{shape.seq_len:<3d} {r["ours_params"] / 1e6:6.1f}M '
                 f'{r["step_ms"]:8.1f} {r["ours"]:9.0f} {100 * r["mfu"]:5.1f}%')
