@@ -34,6 +34,11 @@ setup(
         # Only research/convert/make_fixtures.py (regenerates tests/fixtures); never imported
         # by the package or the tests.
         "dev": ["torch==2.13.0", "transformers>=5,<6"],
+        # Only `--peers` of research/benchmarks (HF Flax and PyTorch training steps and
+        # `generate` timed beside ours); never imported otherwise. transformers 4.57 is the last
+        # release with Flax classes; it needs tokenizers <= 0.23.0 and huggingface_hub < 1, so
+        # this extra installs into its own venv with constraints-bench.txt (`make bench-peers`).
+        "bench": ["torch==2.13.0", "transformers==4.57.6"],
         "test": [
             "pytest>=9,<10",
             "safetensors>=0.8,<0.9",

@@ -1,10 +1,91 @@
-"""The GPU benchmark script runs end to end (tiny shapes on whatever device is here)."""
+"""Tests for research/benchmarks: shapes, synthetic batches, the peers' networks, venv pins, and
+the GPU benchmark script end to end (tiny shapes on whatever device is here)."""
+from __future__ import annotations
+
+import functools
+import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from research import models
+from research.benchmarks import peers, train_throughput
+from research.objectives import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# Pins transformers 4.57.6 cannot share with constraints.txt (see constraints-bench.txt).
+_BENCH_OVERRIDES = {'tokenizers', 'huggingface-hub'}
+
+
+def _pins(path: pathlib.Path) -> dict[str, str]:
+  pins = {}
+  for line in path.read_text().splitlines():
+    if '==' in line and not line.startswith('#'):
+      name, version = line.strip().split('==')
+      pins[name.lower().replace('_', '-')] = version
+  return pins
+
+
+def test_bench_constraints_pin_what_the_project_pins():
+  """The bench venv runs our code on the versions the README figures come from."""
+  ours, bench = _pins(REPO / 'constraints.txt'), _pins(REPO / 'constraints-bench.txt')
+  differ = {name: (ours[name], bench[name]) for name in ours.keys() & bench.keys()
+            if ours[name] != bench[name] and name not in _BENCH_OVERRIDES}
+  assert not differ
+  assert bench['transformers'] == '4.57.6' and bench['torch'] == '2.13.0+cpu'
+  # Every runtime package of ours is pinned there too.
+  assert {'jax', 'jaxlib', 'flax', 'optax', 'numpy'} <= bench.keys()
+
+
+def test_base_shape_is_the_published_base_sizes_at_batch_4():
+  shape = train_throughput.SHAPES['base']
+  assert (shape.batch, shape.seq_len) == (4, 128)
+  bert = train_throughput.model_config(shape, 'bert', 'float32')
+  gpt = train_throughput.model_config(shape, 'gpt', 'float32')
+  assert (bert.num_layers, bert.d_model, bert.num_heads, bert.vocab_size) == (12, 768, 12, 30522)
+  assert (gpt.num_layers, gpt.d_model, gpt.vocab_size, gpt.pre_ln) == (12, 768, 50257, True)
+  for family in train_throughput.OBJECTIVES:
+    cfg = train_throughput.model_config(shape, family, 'float32')
+    assert (cfg.dropout, cfg.attention_dropout) == (0.1, 0.1)  # as the peers'
+
+
+@pytest.mark.parametrize('family, target_len', [('t5', 29), ('bart', 128)])
+def test_synthetic_seq2seq_batches_have_the_objectives_target_lengths(family, target_len):
+  batch = synthetic.synthetic_batch(train_throughput.OBJECTIVES[family], 2, 128, 1000,
+                                           np.random.default_rng(0))
+  assert batch['input_ids'].shape == (2, 128)
+  assert batch['decoder_input_ids'].shape == batch['targets'].shape == (2, target_len)
+
+
+def test_peers_without_transformers_is_one_error_line():
+  try:
+    import transformers  # pylint: disable=unused-import
+    pytest.skip('transformers is installed here')
+  except ImportError:
+    pass
+  run = subprocess.run([sys.executable, '-m', 'research.benchmarks.train_throughput', '--peers'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode != 0
+  assert run.stderr.strip().splitlines()[-1].startswith('error: --peers needs transformers')
+
+
+@pytest.mark.parametrize('shape', ['tiny', 'base'])
+@pytest.mark.parametrize('family', ['bert', 'gpt', 't5', 'bart'])
+def test_peer_networks_have_our_parameter_count(family, shape):
+  """hf_config builds the same network: the same parameter count, but for HF BART's
+  final_logits_bias (one per vocabulary entry) and two unused position rows per stack."""
+  pytest.importorskip('transformers')
+  cfg = train_throughput.model_config(train_throughput.SHAPES[shape], family, 'float32')
+  ours = sum(x.size for x in jax.tree.leaves(models.abstract_params(cfg)))
+  model = peers.flax_model_class(family)(peers.hf_config(family, cfg), _do_init=False)
+  theirs = sum(x.size for x in jax.tree.leaves(
+      jax.eval_shape(functools.partial(model.init_weights, input_shape=(1, 128)),
+                     jax.random.PRNGKey(0))))
+  extra = cfg.vocab_size + 2 * 2 * cfg.d_model if family == 'bart' else 0
+  assert theirs == ours + extra
 
 
 @pytest.mark.slow

@@ -12,11 +12,14 @@ and last length, linearly interpolated between). The latency table shows one tok
 as the context grows: near flat with the cache (one token through the weights plus attention
 over the cache), growing with it without.
 
-References on this 2-core CPU (issue 4): HF Flax `generate` 9.9 tokens/s at batch 1 and 87 at
-batch 8; PyTorch 2.13 `generate` 19.3 and 62.
+--peers times, in the same run, HF Flax 4.57 `generate` (the whole call jitted) and PyTorch
+2.13 `generate` (inference_mode) of the same GPT-2 network (random init, no stop token) on the
+same prompts, and prints ours / the best peer (peers.py; needs the bench extra). --rounds
+repeats that table to show the noise.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import flax.linen as nn
@@ -26,6 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from research import generate
+from research.benchmarks import peers
 from research.models import presets
 from research.models.config import ModelConfig
 from research.models.decoder import Decoder
@@ -34,7 +38,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes to time
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens per row.')
 _NEW_TOKENS = flags.DEFINE_integer('new_tokens', 128, 'Generated tokens per row.')
 _CONTEXTS = flags.DEFINE_list('contexts', ['64', '256', '512', '960'],
-                              'Context lengths of the per-token latency table (batch 1).')
+                              'Context lengths of the per-token latency table (batch 1; '
+                              'empty: no table).')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed runs per measurement; the best is kept.')
 _SIZE = flags.DEFINE_string('size', 'gpt2-124m', 'A decoder size from research/models/presets.py.')
 
@@ -52,6 +57,8 @@ def best_time(fn, repeats: int) -> float:
 
 def main(argv):
   del argv
+  if peers.PEERS.value:
+    peers.check_installed()
   cfg = ModelConfig(**{**presets.architecture(_SIZE.value), 'dropout': 0.0,
                        'attention_dropout': 0.0})
   model = Decoder(cfg)
@@ -71,17 +78,35 @@ def main(argv):
 
   print(f'{_SIZE.value}: {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M params, '
         f'prompt {prompt_len}, {new_tokens} new tokens, greedy, {jax.devices()[0].platform}')
-  print(f'{"batch":>5} {"cache tok/s":>12} {"no-cache tok/s":>15} {"speed-up":>9}')
-  for batch in map(int, _BATCH_SIZES.value):
-    prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len)).tolist()
-    cached = best_time(lambda: generate.decode(model, params, prompts, decoding).tokens,
-                       _REPEATS.value)
-    points = np.linspace(prompt_len, prompt_len + new_tokens, 3).astype(int)
-    latencies = [forward_latency(batch, int(n)) for n in points]
-    no_cache = np.interp(np.arange(prompt_len, prompt_len + new_tokens), points, latencies).sum()
-    print(f'{batch:>5} {batch * new_tokens / cached:>12.1f} {batch * new_tokens / no_cache:>15.1f} '
-          f'{no_cache / cached:>8.1f}x', flush=True)
+  others = {}
+  if peers.PEERS.value:  # the same network in each framework; every call makes new_tokens tokens
+    others = {'HF Flax': peers.flax_generate(cfg, new_tokens)[0],
+              'PyTorch': peers.torch_generate(cfg, new_tokens)[0]}
+  columns = f'{"batch":>5} {"cache tok/s":>12} {"no-cache tok/s":>15} {"speed-up":>9}'
+  columns += ''.join(f' {name:>8}' for name in others) + (f' {"ours/best":>9}' if others else '')
+  for round_index in range(peers.ROUNDS.value):
+    if peers.ROUNDS.value > 1:
+      print(f'round {round_index + 1} of {peers.ROUNDS.value}')
+    print(columns)
+    for batch in map(int, _BATCH_SIZES.value):
+      prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
+      cached = best_time(lambda: generate.decode(model, params, prompts.tolist(), decoding).tokens,
+                         _REPEATS.value)
+      points = np.linspace(prompt_len, prompt_len + new_tokens, 3).astype(int)
+      latencies = [forward_latency(batch, int(n)) for n in points]
+      no_cache = np.interp(np.arange(prompt_len, prompt_len + new_tokens), points,
+                           latencies).sum()
+      line = (f'{batch:>5} {batch * new_tokens / cached:>12.1f} '
+              f'{batch * new_tokens / no_cache:>15.1f} {no_cache / cached:>8.1f}x')
+      if others:
+        seconds = [best_time(functools.partial(run, prompts), _REPEATS.value)
+                   for run in others.values()]
+        line += ''.join(f' {batch * new_tokens / t:>8.1f}' for t in seconds)
+        line += f' {min(seconds) / cached:>8.2f}x'
+      print(line, flush=True)
 
+  if not _CONTEXTS.value:
+    return
   print('\nper-token latency at batch 1 (ms) as the context grows')
   print(f'{"context":>7} {"cache":>8} {"no cache":>9}')
   steps = 32
