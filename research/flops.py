@@ -113,7 +113,8 @@ def model_flops(cfg, *, length: int, target_length: int = 0,
   whose layers add cross-attention: query and output projections per target token, key and
   value projections per source token, and scores / weighted sums over the source. The output
   projection counts `vocab_positions` rows (default: every target or, for encoders and
-  decoders, every token; BERT's MLM projects only its predicted positions).
+  decoders, every token; BERT's MLM projects only its predicted positions). XLNet's query
+  stream (`two_stream`) adds a second pass through every layer.
   """
   d, d_attn = cfg.d_model, cfg.num_heads * cfg.head_dim
   mlp = (3 if cfg.mlp == 'gated' else 2) * d * cfg.d_ff
@@ -128,6 +129,10 @@ def model_flops(cfg, *, length: int, target_length: int = 0,
     stacks, rows = encoder + decoder, target_length
   else:
     stacks = cfg.num_layers * (length * 2 * (projections + mlp) + attention(length, length))
+    if cfg.two_stream:  # XLNet's query stream: its queries, outputs, MLP
+      # and attention over the content stream's keys and values (which it needs not project
+      # again; models/transformer.py does, so that work shows as a lower MFU).
+      stacks += cfg.num_layers * (length * 2 * (2 * d * d_attn + mlp) + attention(length, length))
     rows = length
   vocab = 2 * d * cfg.vocab_size * (rows if vocab_positions is None else vocab_positions)
   forward = stacks + vocab

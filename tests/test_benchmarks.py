@@ -98,3 +98,13 @@ def test_gpu_benchmark_smoke():
   assert len(train) == 2 and all(l.endswith('%') for l in train), result.stdout
   decode = [l.split() for l in lines[lines.index(next(l for l in lines if l.startswith('decoding'))) + 2:]]
   assert [row[0] for row in decode] == ['1', '2'] and all(float(row[1]) > 0 for row in decode)
+
+
+def test_synthetic_permutation_lm_batch_predicts_the_last_sixth_of_each_order():
+  objective = train_throughput.OBJECTIVES['xlnet']
+  batch = synthetic.synthetic_batch(objective, 3, 128, 1000, np.random.default_rng(0))
+  for order, weights in zip(batch['order'], batch['mlm_weights']):
+    assert sorted(order) == list(range(128))
+    assert weights.sum() == 128 // 6 and (order[weights == 1] >= 128 - 128 // 6).all()
+  assert train_throughput.model_config(train_throughput.SHAPES['tiny'], 'xlnet',
+                                       'float32').two_stream

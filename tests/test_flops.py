@@ -101,3 +101,15 @@ def test_main_prints_measured_peaks(tmp_path):
       env={**os.environ, 'XDG_CACHE_HOME': str(tmp_path)}).stdout
   assert 'fp32: measured' in out and 'bf16: measured' in out, out
   assert (tmp_path / 'research' / 'peak_flops.json').exists()
+
+
+def test_xlnet_query_stream_adds_a_pass_without_key_value_projections():
+  from research.models.config import ModelConfig
+  cfg = ModelConfig(vocab_size=1000, max_len=32, d_model=64, num_layers=2, num_heads=4,
+                    d_ff=256)
+  one = flops.model_flops(cfg, length=32, vocab_positions=5, training=False)
+  two = flops.model_flops(cfg.replace(two_stream=True), length=32, vocab_positions=5,
+                          training=False)
+  # Per layer and token: q and o projections (2 x 2 d^2), the MLP (2 x 2 d d_ff) and
+  # attention over 32 keys (2 x 2 x 32 x d).
+  assert two - one == 2 * 32 * (2 * 2 * 64 * 64 + 2 * 2 * 64 * 256 + 2 * 2 * 32 * 64)

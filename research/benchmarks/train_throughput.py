@@ -56,19 +56,22 @@ class Shape:
 
 
 SHAPES = {
-    'tiny': Shape(dict(bert='bert-tiny', gpt='gpt-tiny', t5='t5-tiny', bart='bart-tiny'),
-                  8000, 32, 128),
-    'small': Shape(dict(bert='bert-mini', gpt='gpt-mini', t5='t5-mini', bart='bart-mini'),
-                   16000, 16, 128),
-    'base': Shape(dict(bert='bert-base', gpt='gpt2-124m', t5='t5-base', bart='bart-base'),
-                  None, 4, 128),
+    'tiny': Shape(dict(bert='bert-tiny', gpt='gpt-tiny', t5='t5-tiny', bart='bart-tiny',
+                       xlnet='bert-tiny'), 8000, 32, 128),
+    'small': Shape(dict(bert='bert-mini', gpt='gpt-mini', t5='t5-mini', bart='bart-mini',
+                        xlnet='bert-mini'), 16000, 16, 128),
+    'base': Shape(dict(bert='bert-base', gpt='gpt2-124m', t5='t5-base', bart='bart-base',
+                       xlnet='bert-base'), None, 4, 128),
 }
 OBJECTIVES = {
     'bert': objectives.MaskedLM(),
     'gpt': objectives.CausalLM(),
     't5': objectives.SpanCorruption(),
     'bart': objectives.Denoising(),
+    'xlnet': objectives.PermutationLM(),  # BERT's network + the query stream (two_stream)
 }
+MODEL_FIELDS = {'xlnet': {'two_stream': True}}
+PEER_FAMILIES = ('bert', 'gpt', 't5', 'bart')  # XLNet: no HF Flax class to compare with
 # One optimizer for ours and the peers: BERT's recipe (research/optim.py).
 OPTIM = ml_collections.ConfigDict(dict(
     learning_rate=1e-4, warmup_steps=10, schedule='linear', end_lr_fraction=0.0,
@@ -125,7 +128,8 @@ def measure(build, num_steps: int, max_seconds: float) -> tuple[float, int]:
 
 def model_config(shape: Shape, family: str, dtype: str) -> ModelConfig:
   arch = presets.architecture(shape.sizes[family])
-  return ModelConfig(**{**arch, 'vocab_size': shape.vocab or arch['vocab_size'], 'dtype': dtype})
+  return ModelConfig(**{**arch, 'vocab_size': shape.vocab or arch['vocab_size'], 'dtype': dtype,
+                        **MODEL_FIELDS.get(family, {})})
 
 
 def time_row(shape: Shape, family: str, num_steps: int, max_seconds: float, dtype: str,
@@ -139,7 +143,7 @@ def time_row(shape: Shape, family: str, num_steps: int, max_seconds: float, dtyp
   lengths = train.example_lengths(host_batches[0])
   tokens = shape.batch * sum(lengths)
   builders = {'ours': lambda: our_train_step(model_cfg, objective, host_batches)}
-  if with_peers:
+  if with_peers and family in PEER_FAMILIES:
     for name, build in (('flax', peers.flax_train_step), ('torch', peers.torch_train_step)):
       builders[name] = functools.partial(build, family, model_cfg, OPTIM, TOTAL_STEPS,
                                          host_batches)
@@ -191,12 +195,14 @@ def main(argv):
     print(columns)
     for shape_name in _SHAPES.value:
       shape = SHAPES[shape_name]
+      step_ms = {}
       for family in _MODELS.value:
         r = time_row(shape, family, _STEPS.value, _MAX_SECONDS.value, dtype, peers.PEERS.value)
+        step_ms[family] = r['step_ms']
         line = (f'{shape_name:6s} {shape.sizes[family]:10s} {OBJECTIVES[family].name:16s} '
                 f'{shape.batch:>4d}x{shape.seq_len:<3d} {r["ours_params"] / 1e6:6.1f}M '
                 f'{r["step_ms"]:8.1f} {r["ours"]:9.0f} {100 * r["mfu"]:5.1f}%')
-        if peers.PEERS.value:
+        if peers.PEERS.value and family in PEER_FAMILIES:
           line += (f' {r["flax"]:8.0f} {r["torch"]:8.0f} '
                    f'{r["ours"] / max(r["flax"], r["torch"]):8.2f}x')
           mismatch = [f'{n} {r[n + "_params"] / 1e6:.1f}M' for n in ('flax', 'torch')
@@ -204,6 +210,9 @@ def main(argv):
           if mismatch:
             line += f'  (peer params: {", ".join(mismatch)})'
         print(line, flush=True)
+      if 'xlnet' in step_ms:  # what the query stream costs (Yang et al. 2019, Sec 2.3)
+        print(f'{shape_name:6s} XLNet two-stream step time / ' + ', '.join(
+            f'{f} {step_ms["xlnet"] / step_ms[f]:.2f}x' for f in ('bert', 'gpt') if f in step_ms))
   if peers.PEERS.value and 'bert' in _MODELS.value:
     print_bert_flops_note()
   if peers.PEERS.value:

@@ -15,6 +15,12 @@ def synthetic_batch(objective, batch: int, seq_len: int, vocab: int,
   if isinstance(objective, objectives.CausalLM):
     return {'input_ids': ids, 'targets': np.roll(ids, -1, 1),
             'weights': np.ones((batch, seq_len), np.float32)}
+  if isinstance(objective, objectives.PermutationLM):  # before MaskedLM, its base class
+    order = np.stack([rng.permutation(seq_len) for _ in range(batch)]).astype(np.int32)
+    predicted = objective.vocab_positions(seq_len)
+    return {'input_ids': ids, 'segment_ids': np.zeros_like(ids),
+            'attention_mask': np.ones_like(ids), 'order': order, 'mlm_targets': ids,
+            'mlm_weights': (order >= seq_len - predicted).astype(np.float32)}
   if isinstance(objective, objectives.MaskedLM):
     mlm_weights = np.zeros((batch, seq_len), np.float32)
     for row in mlm_weights:
