@@ -27,12 +27,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m research.demo --workdir=$(DEMO_DIR)
 
-# CI: every test but the long end-to-end ones (marked slow).
+# CI: every test but the long end-to-end ones (marked slow), one test file per worker on
+# every core (pytest-xdist).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow" tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 # A real run killed 10 times with SIGKILL (at random moments, mid-save, mid-eval, at start-up)
 # and once with SIGTERM; prints each kill and the final eval loss beside the uninterrupted

@@ -41,6 +41,7 @@ setup(
         "bench": ["torch==2.13.0", "transformers==4.57.6"],
         "test": [
             "pytest>=9,<10",
+            "pytest-xdist>=3.8,<4",  # `make test` runs test files on every core
             "safetensors>=0.8,<0.9",
             "tokenizers>=0.23,<0.24",
             "matplotlib>=3.11,<4",

@@ -207,11 +207,14 @@ def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_pe
       *cases,
       'esac',
       '# SIGTERM: the run saves its step and exits with 143; then this task is requeued.',
+      '# A signal that comes before the run has a PID is passed on as soon as it has one.',
       'RUN=',
-      'trap \'echo "[sweep] SIGTERM: stopping the run at a checkpoint"; '
-      'kill -TERM "$RUN" 2>/dev/null || true\' TERM',
+      'STOP=0',
+      'trap \'echo "[sweep] SIGTERM: stopping the run at a checkpoint"; STOP=1; '
+      'if [ -n "$RUN" ]; then kill -TERM "$RUN" 2>/dev/null || true; fi\' TERM',
       f'srun {python} "${{ARGS[@]}}" &',
       'RUN=$!',
+      'if [ "$STOP" = 1 ]; then kill -TERM "$RUN" 2>/dev/null || true; fi',
       '# A trapped signal interrupts `wait`: wait again until the run has really exited.',
       'while true; do',
       '  status=0',

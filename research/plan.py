@@ -192,7 +192,7 @@ def plan(config: ml_collections.ConfigDict, mesh_shape, remat: str, compile_: bo
     config.model.remat_policy = remat
     config.model.remat = False
   cfg = model_config(config)
-  objective = objectives.from_config(config.objective, cfg.decoder_start)
+  objective = objectives.from_config(config.objective, cfg)
   objective.check_arch(cfg.arch)
   mesh = sharding.make_mesh(config.mesh)
   model = models.build(cfg)

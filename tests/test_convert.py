@@ -504,6 +504,7 @@ def test_seq2seq_export_refuses_what_the_format_cannot_hold(tmp_path):
   assert not os.listdir(tmp_path)  # nothing half-written
 
 
+@pytest.mark.slow  # import parity and seq2seq fine-tuning are each tested in `make test`
 @pytest.mark.parametrize('directory', [T5_DIR, BART_DIR], ids=['t5', 'bart'])
 def test_finetune_seq2seq_from_imported_hf_checkpoint(directory, tmp_path):
   """--config.finetune.init_from=<HF T5 / BART directory> on a seq2seq task: its weights and

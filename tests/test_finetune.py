@@ -1,5 +1,6 @@
 """Fine-tuning: heads and input transforms on the model, then short end-to-end runs from tiny
-pretrained workdirs (BERT and GPT) and from scratch, eval mode and exact resume."""
+pretrained workdirs (BERT and GPT) and from scratch, eval mode and exact resume. Generation
+tasks and the encoder-decoders' heads: test_finetune_seq2seq.py."""
 import json
 import os
 import subprocess
@@ -109,15 +110,24 @@ def tiny_pretrain(config, corpus, workdir):
   return str(workdir)
 
 
+class Pretrained(dict):
+  """family -> workdir of a 2-step tiny pretraining run, trained on first use (a test file
+  pays only for the families it reads)."""
+  CONFIGS = {'bert': bert_config, 'gpt': gpt_config, 't5': t5_config, 'bart': bart_config}
+
+  def __init__(self, corpus, root):
+    super().__init__()
+    self.corpus, self.root = corpus, root
+
+  def __missing__(self, family):
+    self[family] = tiny_pretrain(self.CONFIGS[family].get_config('variant=tiny'), self.corpus,
+                                 self.root / family)
+    return self[family]
+
+
 @pytest.fixture(scope='module')
 def pretrained(small_corpus, tmp_path_factory):
-  root = tmp_path_factory.mktemp('pretrained')
-  return {'bert': tiny_pretrain(bert_config.get_config('variant=tiny'), small_corpus,
-                                root / 'bert'),
-          'gpt': tiny_pretrain(gpt_config.get_config('variant=tiny'), small_corpus, root / 'gpt'),
-          't5': tiny_pretrain(t5_config.get_config('variant=tiny'), small_corpus, root / 't5'),
-          'bart': tiny_pretrain(bart_config.get_config('variant=tiny'), small_corpus,
-                                root / 'bart')}
+  return Pretrained(small_corpus, tmp_path_factory.mktemp('pretrained'))
 
 
 WORDS = ('good fine great nice', 'bad poor awful dull', 'the a film movie plot it was')
@@ -216,6 +226,7 @@ def test_finetune_from_scratch_tagging_with_bilstm(pretrained, tmp_path):
   assert lines[0].startswith('The\t')
 
 
+@pytest.mark.slow  # their encodings and heads are tested in test_tasks / test_task_model_shapes
 def test_finetune_span_and_multiple_choice(pretrained, tmp_path):
   context = 'The cat sat on the mat . Paris is the capital of France .'
   squad = {'data': [{'title': 't', 'paragraphs': [{'context': context, 'qas': [
@@ -240,60 +251,6 @@ def test_finetune_span_and_multiple_choice(pretrained, tmp_path):
                         task__label_column='y', task__choice_columns='c')
   results = finetune.run_finetune(config, str(tmp_path / 'mc_run'))
   assert 0 <= results['dev/accuracy'] <= 1
-
-
-def seq2seq_dir(path, rows=24):
-  """Old -> new spelling pairs, as task=modernize's verses (source/target columns)."""
-  path.mkdir(parents=True, exist_ok=True)
-  old = ['thou art', 'ye have', 'he saith', 'thee and thine']
-  new = ['you are', 'you have', 'he says', 'you and yours']
-  for split, n in (('train', rows), ('dev', 8)):
-    lines = ['source\ttarget'] + [f'{old[i % 4]} {i}\t{new[i % 4]} {i}' for i in range(n)]
-    (path / f'{split}.tsv').write_text('\n'.join(lines) + '\n')
-  return str(path)
-
-
-@pytest.mark.parametrize('name,prefix', [('t5', False), ('bart', False), ('gpt', False),
-                                         ('gpt', True), ('bert', False)])
-def test_finetune_seq2seq(name, prefix, pretrained, tmp_path):
-  """Teacher-forced training of the pretrained model itself (an encoder: UniLM's masked
-  targets under the seq2seq mask; a decoder: causal or prefix LM); dev decoded and scored by
-  BLEU / chrF beside the copy-the-source baseline; --mode=eval reloads and decodes the same."""
-  config = finetune_cfg(seq2seq_dir(tmp_path / 'data'), pretrained[name], task__type='seq2seq',
-                        task__metrics='bleu,chrf,exact_match', task__max_target_len=12,
-                        finetune__bidirectional_prompt=prefix)
-  workdir = tmp_path / 'run'
-  results = finetune.run_finetune(config, str(workdir))
-  assert {'dev/bleu', 'dev/chrf', 'dev/exact_match', 'dev/perplexity', 'dev/loss'} <= set(results)
-  start = next(r for r in read_metrics(workdir) if r.get('event') == 'start')
-  arch = {'gpt': 'decoder', 'bert': 'encoder'}.get(name, 'encoder_decoder')
-  assert start['baseline/bleu'] > 0 and start['arch'] == arch
-  ft, _ = finetune.build(config, str(workdir))
-  assert ('prefix_len' in ft.splits['train'].arrays) == (prefix or name == 'bert')
-  lines = (workdir / 'predictions' / 'dev.tsv').read_text().splitlines()
-  assert lines[0] == 'index\tprediction' and len(lines) == 9
-  assert finetune.evaluate_finetuned(config, str(workdir)) == results
-  assert json.loads((workdir / 'model.json').read_text())['arch'] == start['arch']
-
-
-def test_text_to_text_classification_t5(pretrained, tmp_path):
-  """T5 Sec 2.4: the label is written as a word and scored by exact match with it."""
-  config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['t5'],
-                        finetune__text_to_text=True, finetune__label_words='bad,good')
-  ft, _ = finetune.build(config, str(tmp_path / 'run'))
-  assert ft.generates and ft.task.splits['dev'][0].target in ('bad', 'good')
-  assert ft.task.splits['dev'][0].texts[0].startswith('sentence: ')
-  results = finetune.run_finetune(config, str(tmp_path / 'run'))
-  assert 0 <= results['dev/accuracy'] <= 1 and 'dev/perplexity' in results
-
-
-def test_bart_classification_head(pretrained, tmp_path):
-  """BART Sec 3.1: encoder and decoder read the same input; the last decoder state is classified."""
-  config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['bart'])
-  results = finetune.run_finetune(config, str(tmp_path / 'run'))
-  assert 0 <= results['dev/accuracy'] <= 1
-  ft, _ = finetune.build(config, str(tmp_path / 'run'))
-  assert not ft.generates and 'encoder_decoder' in ft.abstract_state.params
 
 
 def test_finetune_resume_equals_uninterrupted(pretrained, tmp_path, monkeypatch):
@@ -327,7 +284,8 @@ def test_finetune_resume_equals_uninterrupted(pretrained, tmp_path, monkeypatch)
 HF_FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
 
 
-@pytest.mark.parametrize('name', ['hf_bert_tiny', 'hf_gpt2_tiny'])
+@pytest.mark.parametrize('name', ['hf_bert_tiny',
+                                  pytest.param('hf_gpt2_tiny', marks=pytest.mark.slow)])
 def test_finetune_from_imported_hf_checkpoint(name, tmp_path):
   """init_from may be an HF directory: its weights start the backbone, its own vocabulary
   (kept in the workdir) encodes the task, and --mode=eval reloads both."""
@@ -399,6 +357,7 @@ print(json.dumps(losses))
 '''
 
 
+@pytest.mark.slow  # sharding in `make test`: test_train's 8-device step, test_tensor_parallel
 def test_finetune_on_8_devices_equals_one_device(tmp_path):
   task_dir = sentiment_dir(tmp_path / 'data')
   config = finetune_cfg(task_dir, '', model__dropout=0.0, model__attention_dropout=0.0,

@@ -58,7 +58,8 @@ def test_cached_decoding_equals_full_forward_at_every_step(local_window, tempera
       assert new == np.argmax(out.logits[row], -1).tolist()
 
 
-@pytest.mark.parametrize('family,temperature', [('t5', 0.0), ('bart', 0.0), ('t5', 1.0)])
+@pytest.mark.parametrize('family,temperature', [
+    ('t5', 0.0), pytest.param('bart', 0.0, marks=pytest.mark.slow), ('t5', 1.0)])
 def test_encoder_decoder_decoding_equals_teacher_forcing(family, temperature):
   """Through the jitted loop: sources of different lengths (right-padded), the encoder run
   once and its keys/values cached; every step's logits equal a full teacher-forced pass over

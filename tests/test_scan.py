@@ -54,7 +54,8 @@ def float_leaves(tree):
 
 CASES = [('bert-tiny', {}, 'none'), ('gpt-tiny', {'local_window': 2}, 'none'),
          ('gpt-tiny', {'local_window': 2}, 'full'), ('t5-tiny', {}, 'dots_saveable'),
-         ('bart-tiny', {}, 'dots_with_no_batch_dims_saveable')]
+         pytest.param('bart-tiny', {}, 'dots_with_no_batch_dims_saveable',
+                      marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize('size,extra,remat', CASES)

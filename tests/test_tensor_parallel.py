@@ -131,6 +131,7 @@ print('OK')
 '''
 
 
+@pytest.mark.slow  # as test_topology's (slow): a checkpoint resumed on another mesh
 def test_checkpoint_of_one_mesh_resumes_on_others():
   """Saved after 2 Adam steps on data 2 x fsdp 2 x tensor 2, restored on fsdp 4 x tensor 2
   and on one device (Orbax reshards to the target layout); the next 2 steps give the

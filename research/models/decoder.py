@@ -18,7 +18,6 @@ from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.heads import LmHead
 from research.models.layers import Embeddings
-from research.models import transformer
 from research.models.transformer import Stack
 
 

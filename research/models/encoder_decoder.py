@@ -23,7 +23,6 @@ from research.models.config import ModelConfig
 from research.models.decoder import DecoderOutput
 from research.models.heads import LmHead
 from research.models.layers import Embeddings, token_embedding
-from research.models import transformer
 from research.models.transformer import Stack, StackOutput
 
 
