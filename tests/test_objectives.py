@@ -1,9 +1,11 @@
-"""MLM 80/10/10 masking, NSP pair construction and CLM packing."""
+"""MLM 80/10/10 masking, NSP pair construction and CLM packing; token metrics."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.objectives import clm, mlm, nsp
+from research.objectives import base, clm, mlm, nsp
 
 VOCAB, PAD, CLS, SEP, MASK = 5000, 0, 4, 5, 6
 SPECIALS = tuple(range(7))
@@ -168,3 +170,20 @@ def test_clm_packing():
 def test_clm_packing_of_too_little_text(num_tokens, num_windows):
   windows = clm.pack_documents([list(range(7, 7 + num_tokens))], 3, 16)
   assert windows.shape == (num_windows, 17)  # 16 tokens + EOS fill one window
+
+
+def test_token_accuracy_is_argmax_accuracy():
+  """token_terms counts a position correct iff argmax(logits) == target (no exact ties in
+  random logits), weighted; the loss is the weighted cross-entropy."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 7, 50)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 50, (3, 7)))
+  targets = targets.at[0, :4].set(jnp.argmax(logits[0, :4], -1))  # some correct ones
+  weights = jnp.asarray(rng.integers(0, 2, (3, 7)), jnp.float32)
+  terms = base.token_terms('', logits, targets, weights)
+  correct = (np.argmax(logits, -1) == targets) * weights
+  np.testing.assert_allclose(terms['accuracy'], [correct.sum(), weights.sum()])
+  assert terms['accuracy'][0] >= 1
+  log_p = jax.nn.log_softmax(logits)
+  nll = -np.take_along_axis(np.asarray(log_p), np.asarray(targets)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(terms['loss'], [(nll * weights).sum(), weights.sum()], rtol=1e-5)
