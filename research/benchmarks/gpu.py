@@ -28,6 +28,7 @@ from absl import app, flags
 
 from research import generate, objectives
 from research.benchmarks import train_throughput
+from research.benchmarks.generation import best_time
 from research.models import presets
 from research.models.config import ModelConfig
 from research.models.decoder import Decoder
@@ -83,23 +84,13 @@ def decode_rows(s: Setting) -> list[dict]:
   for batch in s.decode_batches:
     prompts = rng.integers(0, cfg.vocab_size, (batch, s.prompt_len)).tolist()
     decoding = generate.Decoding(max_new_tokens=s.new_tokens)
-    seconds = best_time(lambda: generate.decode(model, params, prompts, decoding).tokens)
+    seconds = best_time(lambda: generate.decode(model, params, prompts, decoding).tokens, 3)
     row = {'batch': batch, 'tokens_per_sec': batch * s.new_tokens / seconds}
     hf = hf_generate_seconds(cfg, prompts, s.new_tokens) if _HF.value else None
     if hf is not None:
       row['hf_tokens_per_sec'] = batch * s.new_tokens / hf
     rows.append(row)
   return rows
-
-
-def best_time(fn, repeats: int = 3) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def hf_generate_seconds(cfg: ModelConfig, prompts: list[list[int]], new_tokens: int):
