@@ -35,6 +35,7 @@ on 300 dev verses. variant=base: BART Sec 4.1's ablation size (6 + 6 layers or 1
 1M steps of 8k-token batches are far beyond 2 cores: for accelerators; fine-tuning 3 epochs).
 """
 from configs import base, finetune
+from configs.repro import recipe
 from launch import hyper
 
 # setting -> (model preset family, arch, layers per stack, objective, config.objective.* extras)
@@ -100,8 +101,7 @@ def _args(arg: str) -> dict:
   args = base.parse_arg(arg, variant='tiny', stage='pretrain', objective='text_infilling',
                         task='paraphrase', setting='text_infilling', pretrained='', seeds=3,
                         corpus='', pretrain_steps=0, finetune_steps=0)
-  if args['variant'] not in VARIANTS:
-    raise ValueError(f"variant={args['variant']!r}; use one of {sorted(VARIANTS)}")
+  recipe.choose('variant', args['variant'], VARIANTS)
   return args
 
 
@@ -117,9 +117,7 @@ def _architecture(c, arm: str, variant: dict):
 
 
 def _pretrain_config(args: dict, variant: dict):
-  arm = args['objective']
-  if arm not in ARMS:
-    raise ValueError(f'objective={arm!r}; use one of {sorted(ARMS)}')
+  arm = recipe.choose('objective', args['objective'], ARMS)
   c = base.get_config()
   _architecture(c, arm, variant)
   _, _, _, objective, extras = ARMS[arm]
@@ -127,41 +125,21 @@ def _pretrain_config(args: dict, variant: dict):
   c.objective.max_predictions_per_seq = 20
   for key, value in extras.items():
     c.objective[key] = value
-  c.data.corpus = args['corpus']
-  if args['pretrained']:  # the sweep root: every arm shares one tokenizer, trained once
-    c.data.tokenizer.path = f"{args['pretrained']}/tokenizer.model"
-  steps = args['pretrain_steps'] or variant['pretrain_steps']
-  base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
-                            learning_rate=variant['lr'], evaluations=2,
-                            warmup_steps=min(variant['warmup'], steps // 10),
-                            seq_len=variant['seq_len'])
-  c.checkpoint.keep = 1
-  c.train.log_every = 100
-  return c
+  return recipe.pretraining(c, args, variant, seq_len=variant['seq_len'], evaluations=2)
 
 
 def _finetune_config(args: dict, variant: dict):
-  setting, task = args['setting'], args['task']
-  if setting not in SETTINGS:
-    raise ValueError(f'setting={setting!r}; use one of {sorted(SETTINGS)}')
-  if task not in TASKS:
-    raise ValueError(f'task={task!r}; use one of {TASKS}')
-  pretrained = args['pretrained']
-  if not pretrained:
-    raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
-                     'objective=<name> pretraining runs')
+  setting = recipe.choose('setting', args['setting'], SETTINGS)
+  task = recipe.choose('task', args['task'], TASKS)
+  pretrained = recipe.pretrained_root(args)
   c = finetune.get_config(f'task={task}').unlock()
   if SETTINGS[setting]:
     c.finetune.init_from = f'{pretrained}/objective={setting}'
   else:  # random weights, the BART architecture, the pretrained models' tokenizer
     _architecture(c, 'text_infilling', variant)
     c.data.tokenizer.path = f'{pretrained}/tokenizer.model'
-  # Train and dev only (the table's numbers; no time spent on test); modernize is decoded on
-  # the first eval_limit dev verses.
-  c.task.train = f'{c.task.data_dir}/train.tsv.gz'
-  c.task.dev = f'{c.task.data_dir}/dev.tsv.gz'
-  c.task.data_dir = ''
-  c.task.eval_limit = variant['eval_limit']
+  recipe.train_and_dev_only(c, 'tsv.gz')
+  c.task.eval_limit = variant['eval_limit']  # modernize: decode the first eval_limit verses
   c.finetune.lm_loss_weight = 0.0  # every arm fine-tuned alike: the task loss only
   generation = task == 'modernize'
   if generation:
@@ -173,11 +151,7 @@ def _finetune_config(args: dict, variant: dict):
 
 
 def get_config(arg: str = ''):
-  args = _args(arg)
-  variant = VARIANTS[args['variant']]
-  if args['stage'] == 'pretrain':
-    return _pretrain_config(args, variant).lock()
-  return _finetune_config(args, variant).lock()
+  return recipe.staged(_args(arg), VARIANTS, _pretrain_config, _finetune_config)
 
 
 def get_sweep(arg: str = ''):

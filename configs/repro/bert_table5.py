@@ -37,6 +37,7 @@ fine-tuning 3 epochs, batch 32, lr 3e-5. Give it a large corpus (corpus=PATH); A
 words. Paper (BERT_BASE dev, Table 5): see PAPER below.
 """
 from configs import base, finetune
+from configs.repro import recipe
 from launch import hyper
 
 OBJECTIVES = ('mlm_nsp', 'mlm', 'clm')
@@ -73,50 +74,32 @@ def _args(arg: str) -> dict:
   args = base.parse_arg(arg, variant='tiny', stage='pretrain', objective='mlm_nsp',
                         task='sentiment', setting='mlm_nsp', pretrained='', seeds=3, corpus='',
                         pretrain_steps=0, finetune_steps=0, finetune_lr=0.0)
-  if args['variant'] not in VARIANTS:
-    raise ValueError(f"variant={args['variant']!r}; use one of {sorted(VARIANTS)}")
+  recipe.choose('variant', args['variant'], VARIANTS)
   return args
 
 
 def _pretrain_config(args: dict, variant: dict):
-  objective = args['objective']
-  if objective not in OBJECTIVES:
-    raise ValueError(f'objective={objective!r}; use one of {OBJECTIVES}')
+  objective = recipe.choose('objective', args['objective'], OBJECTIVES)
   c = base.get_config()
   # One architecture for all three: BERT's (post-LN, segment embeddings); the decoder is the
   # same stack run with a causal mask.
   c.model.size = f"bert-{variant['size']}"
   c.model.arch = 'decoder' if objective == 'clm' else 'encoder'
   c.objective.name = objective
-  c.data.corpus = args['corpus']
-  steps = args['pretrain_steps'] or variant['pretrain_steps']
-  base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
-                            learning_rate=variant['lr'], evaluations=4,
-                            warmup_steps=min(variant['warmup'], steps // 10),
-                            seq_len=128)
-  c.checkpoint.keep = 1
-  c.train.log_every = 100
-  return c
+  return recipe.pretraining(c, args, variant, seq_len=128, evaluations=4,
+                            shared_tokenizer=False)
 
 
 def _finetune_config(args: dict, variant: dict):
-  setting, task = args['setting'], args['task']
-  if setting not in SETTINGS:
-    raise ValueError(f'setting={setting!r}; use one of {sorted(SETTINGS)}')
+  setting, task = recipe.choose('setting', args['setting'], SETTINGS), args['task']
   objective, bilstm = SETTINGS[setting]
   c = finetune.get_config(f"task={task},variant={variant['size']}").unlock()
-  pretrained = args['pretrained']
-  if not pretrained:
-    raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
-                     'objective=<name> pretraining runs')
+  pretrained = recipe.pretrained_root(args)
   if objective:
     c.finetune.init_from = f'{pretrained}/objective={objective}'
   else:  # random weights, but the same tokenizer as the pretrained models
     c.data.tokenizer.path = f'{pretrained}/objective=mlm_nsp/tokenizer.model'
-  # Table 5 reports dev sets: read train and dev only (no time spent scoring test).
-  c.task.train = f'{c.task.data_dir}/train.{SPLIT_SUFFIX[task]}'
-  c.task.dev = f'{c.task.data_dir}/dev.{SPLIT_SUFFIX[task]}'
-  c.task.data_dir = ''
+  recipe.train_and_dev_only(c, SPLIT_SUFFIX[task])  # Table 5 reports dev sets
   c.finetune.bilstm_size = base.model_field(c, 'd_model') // 2 if bilstm else 0
   c.finetune.lm_loss_weight = 0.0  # Table 5 fine-tunes every model alike: task loss only
   steps = args['finetune_steps'] or variant['finetune_steps']
@@ -125,11 +108,7 @@ def _finetune_config(args: dict, variant: dict):
 
 
 def get_config(arg: str = ''):
-  args = _args(arg)
-  variant = VARIANTS[args['variant']]
-  if args['stage'] == 'pretrain':
-    return _pretrain_config(args, variant).lock()
-  return _finetune_config(args, variant).lock()
+  return recipe.staged(_args(arg), VARIANTS, _pretrain_config, _finetune_config)
 
 
 def get_sweep(arg: str = ''):

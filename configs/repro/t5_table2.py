@@ -30,6 +30,7 @@ variant=tiny: 500 pretraining steps of 32 examples (encoder length 128), fine-tu
 variant=base: T5's baseline size and schedule (2^18 steps of 2^16 tokens; accelerators).
 """
 from configs import base, finetune
+from configs.repro import recipe
 from launch import hyper
 
 # arch name -> (arch, encoder layers as a fraction of L, share stacks, prefix visible)
@@ -83,15 +84,12 @@ def _args(arg: str) -> dict:
   args = base.parse_arg(arg, variant='tiny', stage='pretrain', objective='enc_dec-denoising',
                         task='paraphrase', setting='enc_dec-denoising', pretrained='',
                         seeds=3, corpus='', pretrain_steps=0, finetune_steps=0)
-  if args['variant'] not in VARIANTS:
-    raise ValueError(f"variant={args['variant']!r}; use one of {sorted(VARIANTS)}")
+  recipe.choose('variant', args['variant'], VARIANTS)
   return args
 
 
 def _pretrain_config(args: dict, variant: dict):
-  arm = args['objective']
-  if arm not in ARMS:
-    raise ValueError(f'objective={arm!r}; use one of {", ".join(ARMS)}')
+  arm = recipe.choose('objective', args['objective'], ARMS)
   arch_name, objective = arm.split('-')
   arch, fraction, share, prefix = ARCHS[arch_name]
   c = base.get_config()
@@ -104,29 +102,13 @@ def _pretrain_config(args: dict, variant: dict):
     c.objective.bidirectional_inputs = prefix
   else:
     c.objective.name = 'prefix_lm' if (arch == 'encoder_decoder' or prefix) else 'clm'
-  c.data.corpus = args['corpus']
-  if args['pretrained']:  # the sweep root: every arm shares one tokenizer, trained once
-    c.data.tokenizer.path = f"{args['pretrained']}/tokenizer.model"
-  steps = args['pretrain_steps'] or variant['pretrain_steps']
-  base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
-                            learning_rate=variant['lr'], evaluations=2,
-                            warmup_steps=min(variant['warmup'], steps // 10),
-                            seq_len=variant['seq_len'])
-  c.checkpoint.keep = 1
-  c.train.log_every = 100
-  return c
+  return recipe.pretraining(c, args, variant, seq_len=variant['seq_len'], evaluations=2)
 
 
 def _finetune_config(args: dict, variant: dict):
-  setting, task = args['setting'], args['task']
-  if setting not in SETTINGS:
-    raise ValueError(f'setting={setting!r}; use one of {", ".join(SETTINGS)}')
-  if task not in TASKS:
-    raise ValueError(f'task={task!r}; use one of {TASKS}')
-  pretrained = args['pretrained']
-  if not pretrained:
-    raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
-                     'objective=<name> pretraining runs')
+  setting = recipe.choose('setting', args['setting'], SETTINGS)
+  task = recipe.choose('task', args['task'], TASKS)
+  pretrained = recipe.pretrained_root(args)
   c = finetune.get_config(f'task={task}').unlock()
   c.finetune.init_from = f'{pretrained}/objective={setting}'
   c.finetune.bidirectional_prompt = ARCHS[setting.split('-')[0]][3]
@@ -138,9 +120,7 @@ def _finetune_config(args: dict, variant: dict):
   else:
     c.data.max_seq_len = 128
     c.task.max_target_len = 64
-  c.task.train = f'{c.task.data_dir}/train.tsv.gz'
-  c.task.dev = f'{c.task.data_dir}/dev.tsv.gz'
-  c.task.data_dir = ''
+  recipe.train_and_dev_only(c, 'tsv.gz')
   c.task.eval_limit = variant['eval_limit']
   steps = args['finetune_steps'] or variant['seq2seq_steps' if task == 'modernize'
                                             else 'finetune_steps']
@@ -149,11 +129,7 @@ def _finetune_config(args: dict, variant: dict):
 
 
 def get_config(arg: str = ''):
-  args = _args(arg)
-  variant = VARIANTS[args['variant']]
-  if args['stage'] == 'pretrain':
-    return _pretrain_config(args, variant).lock()
-  return _finetune_config(args, variant).lock()
+  return recipe.staged(_args(arg), VARIANTS, _pretrain_config, _finetune_config)
 
 
 def get_sweep(arg: str = ''):

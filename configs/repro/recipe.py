@@ -1,0 +1,58 @@
+"""What every reproduction recipe (configs/repro/*.py) does alike: a two-stage config
+(stage=pretrain | finetune, each run in its own workdir under one sweep root) with named
+choices checked, pretraining arms on the vendored corpus with equal compute, fine-tuning runs
+that read a task's train and dev files only (the tables report dev sets)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import ml_collections
+
+from configs import base
+
+
+def choose(name: str, value: str, choices: Iterable[str]) -> str:
+  """`value` if it is one of `choices`, else a one-line error naming them."""
+  choices = list(choices)
+  if value not in choices:
+    raise ValueError(f'{name}={value!r}; use one of {", ".join(choices)}')
+  return value
+
+
+def staged(args: dict, variants: dict, pretrain: Callable, finetune: Callable):
+  """get_config of a recipe: `pretrain(args, variant)` or `finetune(args, variant)`, locked
+  (args['variant'] already checked with `choose`)."""
+  variant = variants[args['variant']]
+  build = pretrain if args['stage'] == 'pretrain' else finetune
+  return build(args, variant).lock()
+
+
+def pretraining(c: ml_collections.ConfigDict, args: dict, variant: dict, *, seq_len: int,
+                evaluations: int, shared_tokenizer: bool = True) -> ml_collections.ConfigDict:
+  """An arm's data and schedule: `variant`'s steps (or args' pretrain_steps), batch, lr and
+  warmup over args' corpus; with `shared_tokenizer`, every arm reads the tokenizer the sweep
+  root holds (trained once)."""
+  c.data.corpus = args['corpus']
+  if shared_tokenizer and args['pretrained']:
+    c.data.tokenizer.path = f"{args['pretrained']}/tokenizer.model"
+  steps = args['pretrain_steps'] or variant['pretrain_steps']
+  base.pretraining_schedule(c, steps=steps, batch_size=variant['batch'],
+                            learning_rate=variant['lr'], evaluations=evaluations,
+                            warmup_steps=min(variant['warmup'], steps // 10), seq_len=seq_len)
+  c.checkpoint.keep = 1
+  c.train.log_every = 100
+  return c
+
+
+def pretrained_root(args: dict) -> str:
+  if not args['pretrained']:
+    raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
+                     'objective=<name> pretraining runs')
+  return args['pretrained']
+
+
+def train_and_dev_only(c: ml_collections.ConfigDict, suffix: str) -> None:
+  """The task's train.<suffix> and dev.<suffix> only: no time spent scoring test."""
+  c.task.train = f'{c.task.data_dir}/train.{suffix}'
+  c.task.dev = f'{c.task.data_dir}/dev.{suffix}'
+  c.task.data_dir = ''
