@@ -36,7 +36,6 @@ on 300 dev verses. variant=base: BART Sec 4.1's ablation size (6 + 6 layers or 1
 """
 from configs import base, finetune
 from configs.repro import recipe
-from launch import hyper
 
 # setting -> (model preset family, arch, layers per stack, objective, config.objective.* extras)
 ARMS = {
@@ -139,14 +138,12 @@ def _finetune_config(args: dict, variant: dict):
     _architecture(c, 'text_infilling', variant)
     c.data.tokenizer.path = f'{pretrained}/tokenizer.model'
   recipe.train_and_dev_only(c, 'tsv.gz')
-  c.task.eval_limit = variant['eval_limit']  # modernize: decode the first eval_limit verses
   c.finetune.lm_loss_weight = 0.0  # every arm fine-tuned alike: the task loss only
   generation = task == 'modernize'
   if generation:
     c.data.max_seq_len = 128
     c.task.max_target_len = 64
-  steps = args['finetune_steps'] or variant['seq2seq_steps' if generation else 'finetune_steps']
-  base.dev_once(c, steps=steps, learning_rate=variant['finetune_lr'])
+  recipe.generation_budget(c, args, variant, generation=generation)
   return c
 
 
@@ -156,10 +153,4 @@ def get_config(arg: str = ''):
 
 def get_sweep(arg: str = ''):
   """stage=pretrain: one run per objective; stage=finetune: task x setting x seed."""
-  args = _args(arg)
-  if args['stage'] == 'pretrain':
-    return hyper.product(hyper.sweep('arg.objective', list(ARMS)),
-                         [{'arg.pretrained': '{root}'}])
-  return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
-                       hyper.sweep('config.train.seed', range(args['seeds'])),
-                       [{'arg.pretrained': '{root}'}])
+  return recipe.sweep(_args(arg), ARMS, TASKS, SETTINGS)

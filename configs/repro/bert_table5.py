@@ -38,7 +38,6 @@ words. Paper (BERT_BASE dev, Table 5): see PAPER below.
 """
 from configs import base, finetune
 from configs.repro import recipe
-from launch import hyper
 
 OBJECTIVES = ('mlm_nsp', 'mlm', 'clm')
 TASKS = ('sentiment', 'paraphrase', 'tagging')
@@ -112,11 +111,6 @@ def get_config(arg: str = ''):
 
 
 def get_sweep(arg: str = ''):
-  """stage=pretrain: the three objectives; stage=finetune: task x setting x seed, reading the
-  pretraining runs from the same sweep root."""
-  args = _args(arg)
-  if args['stage'] == 'pretrain':
-    return hyper.sweep('arg.objective', OBJECTIVES)
-  return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
-                       hyper.sweep('config.train.seed', range(args['seeds'])),
-                       [{'arg.pretrained': '{root}'}])
+  """stage=pretrain: the three objectives (each trains its own tokenizer); stage=finetune:
+  task x setting x seed, reading the pretraining runs from the same sweep root."""
+  return recipe.sweep(_args(arg), OBJECTIVES, TASKS, SETTINGS, shared_tokenizer=False)

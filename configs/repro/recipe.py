@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 import ml_collections
 
 from configs import base
+from launch import hyper
 
 
 def choose(name: str, value: str, choices: Iterable[str]) -> str:
@@ -56,3 +57,26 @@ def train_and_dev_only(c: ml_collections.ConfigDict, suffix: str) -> None:
   c.task.train = f'{c.task.data_dir}/train.{suffix}'
   c.task.dev = f'{c.task.data_dir}/dev.{suffix}'
   c.task.data_dir = ''
+
+
+def generation_budget(c: ml_collections.ConfigDict, args: dict, variant: dict, *,
+                      generation: bool) -> None:
+  """Fine-tuning steps (args' finetune_steps, else the variant's for classification or
+  generation), one dev evaluation at the end, on the first `eval_limit` dev examples."""
+  c.task.eval_limit = variant['eval_limit']
+  steps = args['finetune_steps'] or variant['seq2seq_steps' if generation else 'finetune_steps']
+  base.dev_once(c, steps=steps, learning_rate=variant['finetune_lr'])
+
+
+def sweep(args: dict, arms: Iterable[str], tasks: Iterable[str], settings: Iterable[str], *,
+          shared_tokenizer: bool = True):
+  """stage=pretrain: one run per arm; stage=finetune: task x setting x seed. Every run reads
+  the sweep root (`pretrained`): the pretraining runs and, with `shared_tokenizer`, the one
+  tokenizer all arms share."""
+  root = [{'arg.pretrained': '{root}'}]
+  if args['stage'] == 'pretrain':
+    arm_runs = hyper.sweep('arg.objective', list(arms))
+    return hyper.product(arm_runs, root) if shared_tokenizer else arm_runs
+  return hyper.product(hyper.sweep('arg.task', list(tasks)),
+                       hyper.sweep('arg.setting', list(settings)),
+                       hyper.sweep('config.train.seed', range(args['seeds'])), root)

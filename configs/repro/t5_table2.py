@@ -31,7 +31,6 @@ variant=base: T5's baseline size and schedule (2^18 steps of 2^16 tokens; accele
 """
 from configs import base, finetune
 from configs.repro import recipe
-from launch import hyper
 
 # arch name -> (arch, encoder layers as a fraction of L, share stacks, prefix visible)
 ARCHS = {'enc_dec': ('encoder_decoder', 1, False, False),
@@ -121,10 +120,7 @@ def _finetune_config(args: dict, variant: dict):
     c.data.max_seq_len = 128
     c.task.max_target_len = 64
   recipe.train_and_dev_only(c, 'tsv.gz')
-  c.task.eval_limit = variant['eval_limit']
-  steps = args['finetune_steps'] or variant['seq2seq_steps' if task == 'modernize'
-                                            else 'finetune_steps']
-  base.dev_once(c, steps=steps, learning_rate=variant['finetune_lr'])
+  recipe.generation_budget(c, args, variant, generation=task == 'modernize')
   return c
 
 
@@ -134,9 +130,4 @@ def get_config(arg: str = ''):
 
 def get_sweep(arg: str = ''):
   """stage=pretrain: the 10 arch x objective arms; stage=finetune: task x arm x seed."""
-  args = _args(arg)
-  if args['stage'] == 'pretrain':
-    return hyper.product(hyper.sweep('arg.objective', ARMS), [{'arg.pretrained': '{root}'}])
-  return hyper.product(hyper.sweep('arg.task', TASKS), hyper.sweep('arg.setting', SETTINGS),
-                       hyper.sweep('config.train.seed', range(args['seeds'])),
-                       [{'arg.pretrained': '{root}'}])
+  return recipe.sweep(_args(arg), ARMS, TASKS, SETTINGS)
