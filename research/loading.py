@@ -109,10 +109,8 @@ def load_params(path: str, step: int | None = None, mesh: Mesh | None = None, *,
     if mesh is not None and scan_layers in (None, cfg.scan_layers):
       params = jax.device_put(params, _shardings(abstract_params(cfg, mesh)))
   else:
-    checkpoints = os.path.join(path, 'checkpoints')
-    saved = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
-    if (os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_FILE))
-        and not any(name.isdigit() for name in saved)):  # an empty or fresh workdir
+    # Training writes model.json before its first checkpoint: without it, nothing is trained.
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_FILE)):
       raise checkpointing.CheckpointError(
           f'no checkpoint in {path}/checkpoints; train first or point at a trained run (a '
           f'workdir of this codebase, or an HF model directory with {WEIGHTS_FILE})')
