@@ -108,3 +108,12 @@ def test_synthetic_permutation_lm_batch_predicts_the_last_sixth_of_each_order():
     assert weights.sum() == 128 // 6 and (order[weights == 1] >= 128 - 128 // 6).all()
   assert train_throughput.model_config(train_throughput.SHAPES['tiny'], 'xlnet',
                                        'float32').two_stream
+
+
+def test_unknown_model_family_is_a_one_line_error():
+  run = subprocess.run([sys.executable, '-m', 'research.benchmarks.train_throughput',
+                        '--models=gpt,foo', '--shapes=tiny'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode != 0
+  assert 'unknown foo; use bert, gpt, t5, bart, xlnet' in run.stderr
+  assert 'Traceback' not in run.stderr

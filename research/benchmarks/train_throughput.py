@@ -179,6 +179,11 @@ def time_train_step(size: str, objective, vocab: int, batch: int, seq_len: int,
 
 def main(argv):
   del argv
+  for flag, given, known in (('--shapes', _SHAPES.value, SHAPES),
+                             ('--models', _MODELS.value, OBJECTIVES)):
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+      raise app.UsageError(f'{flag}: unknown {", ".join(unknown)}; use {", ".join(known)}')
   if peers.PEERS.value:
     peers.check_installed()
   dtype = _DTYPE.value
