@@ -132,16 +132,28 @@ def model_config(shape: Shape, family: str, dtype: str) -> ModelConfig:
                         **MODEL_FIELDS.get(family, {})})
 
 
+def host_batches_for(objective, batch: int, seq_len: int, vocab: int) -> list[dict]:
+  """4 synthetic batches (the steps cycle through them), the same for ours and the peers."""
+  rng = np.random.default_rng(0)
+  return [synthetic.synthetic_batch(objective, batch, seq_len, vocab, rng) for _ in range(4)]
+
+
+def our_mfu(model_cfg: ModelConfig, objective, host_batch: dict, seconds: float) -> float:
+  """MFU of `seconds` per step on batches shaped like `host_batch` against this machine's
+  peak for the model's compute dtype."""
+  step_flops = train.flops_per_step(model_cfg, objective, host_batch['input_ids'].shape[0],
+                                    train.example_lengths(host_batch))
+  return flops.mfu(step_flops, seconds, flops.peak_flops(jnp.dtype(model_cfg.dtype)),
+                   jax.device_count())
+
+
 def time_row(shape: Shape, family: str, num_steps: int, max_seconds: float, dtype: str,
              with_peers: bool) -> dict[str, float]:
   """Tokens/s (and MFU) of ours and, with_peers, of HF Flax and PyTorch, back to back."""
   model_cfg = model_config(shape, family, dtype)
   objective = OBJECTIVES[family]
-  rng = np.random.default_rng(0)
-  host_batches = [synthetic.synthetic_batch(objective, shape.batch, shape.seq_len,
-                                            model_cfg.vocab_size, rng) for _ in range(4)]
-  lengths = train.example_lengths(host_batches[0])
-  tokens = shape.batch * sum(lengths)
+  host_batches = host_batches_for(objective, shape.batch, shape.seq_len, model_cfg.vocab_size)
+  tokens = shape.batch * sum(train.example_lengths(host_batches[0]))
   builders = {'ours': lambda: our_train_step(model_cfg, objective, host_batches)}
   if with_peers and family in PEER_FAMILIES:
     for name, build in (('flax', peers.flax_train_step), ('torch', peers.torch_train_step)):
@@ -154,9 +166,7 @@ def time_row(shape: Shape, family: str, num_steps: int, max_seconds: float, dtyp
     row[f'{name}_params'] = num_params
     if name == 'ours':
       row['step_ms'] = 1e3 * seconds
-      step_flops = train.flops_per_step(model_cfg, objective, shape.batch, lengths)
-      row['mfu'] = flops.mfu(step_flops, seconds, flops.peak_flops(jnp.dtype(dtype)),
-                             jax.device_count())
+      row['mfu'] = our_mfu(model_cfg, objective, host_batches[0], seconds)
   return row
 
 
@@ -166,15 +176,11 @@ def time_train_step(size: str, objective, vocab: int, batch: int, seq_len: int,
   ModelConfig fields, e.g. scan_layers=True): what benchmarks/gpu.py reports."""
   model_cfg = ModelConfig(**{**presets.architecture(size), 'vocab_size': vocab, 'dtype': dtype,
                              **model_fields})
-  rng = np.random.default_rng(0)
-  host_batches = [synthetic.synthetic_batch(objective, batch, seq_len, vocab, rng)
-                  for _ in range(4)]
+  host_batches = host_batches_for(objective, batch, seq_len, vocab)
   seconds, _ = measure(lambda: our_train_step(model_cfg, objective, host_batches), num_steps, 0)
-  lengths = train.example_lengths(host_batches[0])
-  step_flops = train.flops_per_step(model_cfg, objective, batch, lengths)
-  peak = flops.peak_flops(jnp.dtype(dtype))
-  return {'tokens_per_sec': batch * sum(lengths) / seconds, 'step_ms': 1e3 * seconds,
-          'mfu': flops.mfu(step_flops, seconds, peak, jax.device_count()), 'peak': peak}
+  return {'tokens_per_sec': batch * sum(train.example_lengths(host_batches[0])) / seconds,
+          'step_ms': 1e3 * seconds, 'mfu': our_mfu(model_cfg, objective, host_batches[0], seconds),
+          'peak': flops.peak_flops(jnp.dtype(dtype))}
 
 
 def main(argv):
