@@ -34,7 +34,7 @@ steps (classification) / 300 steps (modernize) of 32 examples at lr 1e-3, modern
 on 300 dev verses. variant=base: BART Sec 4.1's ablation size (6 + 6 layers or 12, d 768,
 1M steps of 8k-token batches are far beyond 2 cores: for accelerators; fine-tuning 3 epochs).
 """
-from configs import base, finetune
+from configs import base
 from configs.repro import recipe
 
 # setting -> (model preset family, arch, layers per stack, objective, config.objective.* extras)
@@ -128,10 +128,7 @@ def _pretrain_config(args: dict, variant: dict):
 
 
 def _finetune_config(args: dict, variant: dict):
-  setting = recipe.choose('setting', args['setting'], SETTINGS)
-  task = recipe.choose('task', args['task'], TASKS)
-  pretrained = recipe.pretrained_root(args)
-  c = finetune.get_config(f'task={task}').unlock()
+  c, setting, task, pretrained = recipe.finetuning(args, SETTINGS, TASKS)
   if SETTINGS[setting]:
     c.finetune.init_from = f'{pretrained}/objective={setting}'
   else:  # random weights, the BART architecture, the pretrained models' tokenizer

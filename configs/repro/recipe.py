@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 import ml_collections
 
-from configs import base
+from configs import base, finetune
 from launch import hyper
 
 
@@ -50,6 +50,15 @@ def pretrained_root(args: dict) -> str:
     raise ValueError('stage=finetune needs pretrained=DIR, the directory holding the '
                      'objective=<name> pretraining runs')
   return args['pretrained']
+
+
+def finetuning(args: dict, settings: Iterable[str], tasks: Iterable[str]):
+  """(configs/finetune.py's config for args' task, unlocked; setting; task; sweep root), the
+  setting and task checked against the recipe's."""
+  setting = choose('setting', args['setting'], settings)
+  task = choose('task', args['task'], tasks)
+  pretrained = pretrained_root(args)
+  return finetune.get_config(f'task={task}').unlock(), setting, task, pretrained
 
 
 def train_and_dev_only(c: ml_collections.ConfigDict, suffix: str) -> None:

@@ -29,7 +29,7 @@ variant=tiny: 500 pretraining steps of 32 examples (encoder length 128), fine-tu
 (paraphrase) / 300 (modernize) steps at lr 1e-3, modernize decoded on 300 dev verses.
 variant=base: T5's baseline size and schedule (2^18 steps of 2^16 tokens; accelerators).
 """
-from configs import base, finetune
+from configs import base
 from configs.repro import recipe
 
 # arch name -> (arch, encoder layers as a fraction of L, share stacks, prefix visible)
@@ -105,10 +105,7 @@ def _pretrain_config(args: dict, variant: dict):
 
 
 def _finetune_config(args: dict, variant: dict):
-  setting = recipe.choose('setting', args['setting'], SETTINGS)
-  task = recipe.choose('task', args['task'], TASKS)
-  pretrained = recipe.pretrained_root(args)
-  c = finetune.get_config(f'task={task}').unlock()
+  c, setting, task, pretrained = recipe.finetuning(args, SETTINGS, TASKS)
   c.finetune.init_from = f'{pretrained}/objective={setting}'
   c.finetune.bidirectional_prompt = ARCHS[setting.split('-')[0]][3]
   if task == 'paraphrase':  # T5's MRPC words (Appendix D)

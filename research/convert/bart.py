@@ -56,9 +56,7 @@ def config_from_hf(config: dict, directory: str) -> ModelConfig:
        f'decoder_start_token_id {get("decoder_start_token_id")} other than eos_token_id '
        f'{eos_id} (BART starts the decoder from </s>)'),
   ]
-  for bad, what in unsupported:
-    if bad:
-      raise hf.ConversionError(f'{directory}: {what} is not supported by this codebase')
+  hf.reject_unsupported(unsupported, directory)
   return ModelConfig(**{
       **presets.FAMILIES['bart'],
       'vocab_size': config['vocab_size'], 'max_len': config['max_position_embeddings'],

@@ -40,9 +40,7 @@ def config_from_hf(config: dict, directory: str) -> ModelConfig:
       (config.get('hidden_act', 'gelu') not in ACTIVATIONS,
        f'hidden_act {config.get("hidden_act")!r} (supported: {", ".join(ACTIVATIONS)})'),
   ]
-  for bad, what in unsupported:
-    if bad:
-      raise hf.ConversionError(f'{directory}: {what} is not supported by this codebase')
+  hf.reject_unsupported(unsupported, directory)
   return ModelConfig(**{
       **presets.FAMILIES['bert'],
       'vocab_size': config['vocab_size'], 'max_len': config['max_position_embeddings'],

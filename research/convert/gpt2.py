@@ -35,9 +35,7 @@ def config_from_hf(config: dict, directory: str) -> ModelConfig:
       (config.get('activation_function', 'gelu_new') not in ACTIVATIONS,
        f'activation_function {config.get("activation_function")!r}'),
   ]
-  for bad, what in unsupported:
-    if bad:
-      raise hf.ConversionError(f'{directory}: {what} is not supported by this codebase')
+  hf.reject_unsupported(unsupported, directory)
   d = config['n_embd']
   return ModelConfig(**{
       **presets.FAMILIES['gpt2'],

@@ -94,6 +94,14 @@ def check_model_type(config: dict, expected: str, directory: str):
         f'is not supported here; this importer reads {expected!r} checkpoints')
 
 
+def reject_unsupported(unsupported: Sequence[tuple[bool, str]], directory: str):
+  """One-line ConversionError for the first (condition, what) of a config this codebase
+  cannot represent."""
+  for bad, what in unsupported:
+    if bad:
+      raise ConversionError(f'{directory}: {what} is not supported by this codebase')
+
+
 def check_vocab_fits(tokenizer_size: int, embedded: int, directory: str):
   """The tokenizer's ids must index the checkpoint's embedding table."""
   if tokenizer_size > embedded:

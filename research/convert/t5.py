@@ -69,9 +69,7 @@ def config_from_hf(config: dict, directory: str, untied_head: bool) -> ModelConf
        'decoder from pad)'),
       (config.get('is_decoder', False), 'a decoder-only T5 stack (is_decoder=true)'),
   ]
-  for bad, what in unsupported:
-    if bad:
-      raise hf.ConversionError(f'{directory}: {what} is not supported by this codebase')
+  hf.reject_unsupported(unsupported, directory)
   dropout = config.get('dropout_rate', 0.1)
   return ModelConfig(**{
       **presets.FAMILIES['t5.1.1' if mlp == 'gated' else 't5'],
