@@ -145,17 +145,31 @@ def is_finished(workdir: str) -> bool:
   return os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps)))
 
 
+def compilation_cache_env(specs: Sequence[RunSpec]) -> dict[str, str]:
+  """The environment of a local sweep's runs: JAX's persistent compilation cache in
+  `<root>/.jax_cache`, shared by the runs (unless JAX_COMPILATION_CACHE_DIR is set). Seeds of
+  one setting compile the same programs; reading them back saves ~8 s of a tiny fine-tuning
+  run's ~20 s of start-up (measured on 2 CPU cores). JAX locks the cache across processes."""
+  env = dict(os.environ)
+  if specs and 'JAX_COMPILATION_CACHE_DIR' not in env:
+    root = os.path.dirname(os.path.normpath(specs[0].workdir))
+    env['JAX_COMPILATION_CACHE_DIR'] = os.path.join(root, '.jax_cache')
+    env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  return env
+
+
 def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
-  """Runs each spec as a subprocess (at most `parallel` at once), output appended to
-  `<workdir>/log.txt`; returns the exit status of each run by name."""
+  """Runs each spec as a subprocess (at most `parallel` at once, sharing a compilation
+  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name."""
   pending, running, status = list(specs), {}, {}
+  env = compilation_cache_env(specs)
   while pending or running:
     while pending and len(running) < parallel:
       spec = pending.pop(0)
       os.makedirs(spec.workdir, exist_ok=True)
       log = open(os.path.join(spec.workdir, 'log.txt'), 'a')
       print(f'[sweep] start {spec.name}', flush=True)
-      running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log,
+      running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log, env=env,
                                              stderr=subprocess.STDOUT), log, time.time())
     for name, (process, log, start) in list(running.items()):
       if process.poll() is None:

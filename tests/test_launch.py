@@ -107,10 +107,13 @@ def test_finished_runs_are_skipped_on_rerun(tmp_path):
 def test_local_runs_and_exit_status(tmp_path, monkeypatch):
   specs = [sweep.RunSpec(f'r{i}', str(tmp_path / f'r{i}'), 'x.py', ()) for i in range(3)]
   monkeypatch.setattr(sweep.RunSpec, 'command', lambda self, python=sys.executable: [
-      python, '-c', f'import sys; print("hello {self.name}"); sys.exit({self.name == "r1"})'])
+      python, '-c', 'import os, sys; print("hello {}", os.environ["JAX_COMPILATION_CACHE_DIR"]);'
+      f' sys.exit({self.name == "r1"})'.format(self.name)])
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
   status = sweep.run_local(specs, parallel=2)
   assert status == {'r0': 0, 'r1': 1, 'r2': 0}
-  assert 'hello r2' in (tmp_path / 'r2' / 'log.txt').read_text()
+  # The runs share one compilation cache under the sweep root.
+  assert f'hello r2 {tmp_path}/.jax_cache' in (tmp_path / 'r2' / 'log.txt').read_text()
 
 
 def test_slurm_script(tmp_path):
@@ -267,8 +270,9 @@ def test_repro_tabulates_every_metric_beside_its_baseline():
 
 @pytest.mark.parametrize('recipe_name', ['bart_table1', 't5_table2'])
 def test_objective_table_recipes(recipe_name):
-  """Every arm builds; equal compute per arm (steps x batch x encoder length); the sweep is
-  arms x tasks x 3 seeds; T5's P / 2P / M/2 parameter accounting holds."""
+  """Every arm builds; equal compute per arm (steps x batch x encoder length; fine-tuning
+  verse pairs of 128 tokens whether one stack or two read them); the sweep is arms x tasks x
+  3 seeds; T5's P / 2P / M/2 parameter accounting holds."""
   import importlib
   from configs import base as base_cfg
   from research import models
@@ -284,9 +288,18 @@ def test_objective_table_recipes(recipe_name):
             - 8000 * base_cfg.model_field(c, 'd_model') for a, c in configs.items()}
   finetunes = recipe.get_sweep('stage=finetune')
   assert len(finetunes) == len(recipe.TASKS) * len(recipe.SETTINGS) * 3
-  for run in finetunes[:len(recipe.SETTINGS) * len(recipe.TASKS)]:
-    recipe.get_config(f"stage=finetune,task={run['arg.task']},setting={run['arg.setting']},"
-                      'pretrained=/p')
+  tokens_per_verse_pair = set()
+  for run in [r for r in finetunes if r['config.train.seed'] == 0]:
+    c = recipe.get_config(f"stage=finetune,task={run['arg.task']},setting={run['arg.setting']},"
+                          'pretrained=/p')
+    if run['arg.task'] == 'modernize':  # equal tokens per verse pair in every arm
+      setting = run['arg.setting']
+      arch = (recipe.ARCHS[setting.split('-')[0]][0] if recipe_name == 't5_table2'
+              else recipe.ARMS.get(setting, recipe.ARMS['text_infilling'])[1])
+      source_and_target = c.data.max_seq_len + (
+          c.task.max_target_len if arch == 'encoder_decoder' else 0)
+      tokens_per_verse_pair.add(source_and_target)
+  assert tokens_per_verse_pair == {128}
   if recipe_name == 't5_table2':
     ratio = lambda arm: params[arm] / params['lm-denoising']
     assert 1.8 < ratio('enc_dec-denoising') < 2.6  # 2P (+ the decoder's cross-attention)

@@ -68,13 +68,19 @@ def train_and_dev_only(c: ml_collections.ConfigDict, suffix: str) -> None:
   c.task.data_dir = ''
 
 
-def generation_budget(c: ml_collections.ConfigDict, args: dict, variant: dict, *,
-                      generation: bool) -> None:
-  """Fine-tuning steps (args' finetune_steps, else the variant's for classification or
-  generation), one dev evaluation at the end, on the first `eval_limit` dev examples."""
-  c.task.eval_limit = variant['eval_limit']
-  steps = args['finetune_steps'] or variant['seq2seq_steps' if generation else 'finetune_steps']
-  base.dev_once(c, steps=steps, learning_rate=variant['finetune_lr'])
+def task_budget(c: ml_collections.ConfigDict, args: dict, variant: dict, task: str) -> None:
+  """A fine-tuning run's budget, `variant['tasks'][task]`: `steps` (args' finetune_steps
+  first; 0: the config's epochs), then one dev evaluation on the first `eval_limit` dev
+  examples (0: all); `seq_len` and `target_len`, where given, set the input and target
+  lengths (research/tasks/seq2seq.py says what each means per architecture)."""
+  budget = variant['tasks'][task]
+  c.task.eval_limit = budget['eval_limit']
+  if 'seq_len' in budget:
+    c.data.max_seq_len = budget['seq_len']
+  if 'target_len' in budget:
+    c.task.max_target_len = budget['target_len']
+  base.dev_once(c, steps=args['finetune_steps'] or budget['steps'],
+                learning_rate=variant['finetune_lr'])
 
 
 def sweep(args: dict, arms: Iterable[str], tasks: Iterable[str], settings: Iterable[str], *,
