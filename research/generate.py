@@ -128,10 +128,21 @@ def decode_step(model, params, tokens, positions, cache, slot):
   return model.apply({'params': params}, tokens, positions, cache, slot, method='decode_step')
 
 
+def greedy_token(logits: jax.Array) -> jax.Array:
+  """jnp.argmax(logits, -1) (the first index of the max) as two vectorised reductions.
+  XLA:CPU lowers argmax to a scalar (value, index) reduction: over GPT-2's 50,257 logits it
+  takes 1.8 ms a step at batch 8 against 0.23 ms for this (measured, issue 13). NaN rows,
+  which have no max, give the last index instead of the NaN's."""
+  vocab = logits.shape[-1]
+  is_max = logits == logits.max(-1, keepdims=True)  # [batch, vocab]
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.minimum(jnp.min(jnp.where(is_max, index, vocab), -1), vocab - 1)
+
+
 def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
   """The next token of each row from logits [batch, vocab] -> [batch]."""
   if greedy:
-    return jnp.argmax(logits, -1)
+    return greedy_token(logits)
   logits = logits / temperature
   if top_k:
     best = jax.lax.top_k(logits, top_k)[0]  # [batch, k], descending

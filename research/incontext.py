@@ -48,7 +48,9 @@ def _token_scores(model, params, ids):
   logits = model.apply({'params': params}, ids).logits[:, :-1].astype(jnp.float32)
   targets = ids[:, 1:, None]
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), targets, -1)[..., 0]
-  return log_probs, jnp.argmax(logits, -1) == targets[..., 0]
+  # The target is the argmax when its log-probability is the largest (as objectives/base.py
+  # counts accuracy, without XLA:CPU's scalar argmax reduction).
+  return log_probs, log_probs >= jax.nn.log_softmax(logits).max(-1)
 
 
 def score_continuations(model, params, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,

@@ -186,3 +186,13 @@ def test_bad_decoding_settings_are_clear_errors(gpt):
     generate.Decoding(num_beams=4, temperature=1.0)
   with pytest.raises(ValueError, match='top_p'):
     generate.Decoding(temperature=1.0, top_p=0.0)
+
+
+def test_greedy_token_is_argmax_first_index_on_ties():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(6, 1000)), jnp.float32)
+  logits = logits.at[1, 7].set(9.0).at[1, 500].set(9.0)  # a tie: the first index wins
+  logits = logits.at[2].set(-jnp.inf).at[2, 999].set(0.0)  # only the last is finite
+  np.testing.assert_array_equal(generate.greedy_token(logits), np.argmax(logits, -1))
+  assert generate.greedy_token(logits)[1] == 7
+  assert 0 <= generate.greedy_token(logits.at[3, 5].set(jnp.nan))[3] < 1000  # stays in range
