@@ -118,15 +118,3 @@ def test_unknown_model_family_is_a_one_line_error():
   assert 'unknown foo; use bert, gpt, t5, bart, xlnet' in run.stderr
   assert 'Traceback' not in run.stderr
 
-
-def test_generation_benchmark_prints_the_matmul_floor():
-  """The decode table has the chained-matmul floor of the same weights beside ours (a GPT-tiny
-  shape, a few tokens: the columns, not the figures)."""
-  run = subprocess.run([sys.executable, '-m', 'research.benchmarks.generation', '--size=gpt-tiny',
-                        '--batch_sizes=2', '--new_tokens=4', '--prompt_len=4', '--contexts=',
-                        '--repeats=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0, run.stderr
-  header, row = run.stdout.splitlines()[1:3]
-  assert header.split()[-4:] == ['floor', 'tok/s', 'of', 'floor']
-  floor, of_floor = float(row.split()[-2]), float(row.split()[-1].rstrip('%'))
-  assert floor > 0 and of_floor > 0

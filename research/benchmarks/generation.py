@@ -12,10 +12,6 @@ and last length, linearly interpolated between). The latency table shows one tok
 as the context grows: near flat with the cache (one token through the weights plus attention
 over the cache), growing with it without.
 
-The floor column is what no decoder of these weights can beat on this machine: every weight
-matrix read once per token as a [batch, in] x [in, out] matmul (chained, nothing else), the
-memory-bandwidth floor at batch 1; "of floor" is ours / that.
-
 --peers times, in the same run, HF Flax 4.57 `generate` (the whole call jitted) and PyTorch
 2.13 `generate` (inference_mode) of the same GPT-2 network (random init, no stop token) on the
 same prompts, and prints ours / the best peer (peers.py; needs the bench extra). --rounds
@@ -59,24 +55,6 @@ def best_time(fn, repeats: int) -> float:
   return min(times)
 
 
-def matmul_floor(params, batch: int, repeats: int) -> float:
-  """Seconds of one decode step's unavoidable work: each >= 2-D parameter (layers' kernels,
-  the tied embedding) read once as a matrix [rows, last axis] and multiplied by a [batch,
-  rows] activation, the products chained through a scalar so none runs ahead of the last."""
-  matrices = [w.reshape(-1, w.shape[-1]) for w in jax.tree.leaves(params) if w.ndim >= 2]
-  rng = np.random.default_rng(0)
-  inputs = [jnp.asarray(rng.normal(size=(batch, w.shape[0])), w.dtype) for w in matrices]
-
-  @jax.jit
-  def chain(matrices, inputs):
-    carry = jnp.zeros(())
-    for w, x in zip(matrices, inputs):  # x [batch, rows] @ w [rows, cols]
-      carry = jnp.sum((x * (1 + carry)) @ w) * 1e-30
-    return carry
-
-  return best_time(lambda: chain(matrices, inputs), repeats)
-
-
 def main(argv):
   del argv
   if peers.PEERS.value:
@@ -104,8 +82,7 @@ def main(argv):
   if peers.PEERS.value:  # the same network in each framework; every call makes new_tokens tokens
     others = {'HF Flax': peers.flax_generate(cfg, new_tokens)[0],
               'PyTorch': peers.torch_generate(cfg, new_tokens)[0]}
-  columns = (f'{"batch":>5} {"cache tok/s":>12} {"no-cache tok/s":>15} {"speed-up":>9}'
-             f' {"floor tok/s":>11} {"of floor":>8}')
+  columns = f'{"batch":>5} {"cache tok/s":>12} {"no-cache tok/s":>15} {"speed-up":>9}'
   columns += ''.join(f' {name:>8}' for name in others) + (f' {"ours/best":>9}' if others else '')
   for round_index in range(peers.ROUNDS.value):
     if peers.ROUNDS.value > 1:
@@ -119,10 +96,8 @@ def main(argv):
       latencies = [forward_latency(batch, int(n)) for n in points]
       no_cache = np.interp(np.arange(prompt_len, prompt_len + new_tokens), points,
                            latencies).sum()
-      floor = matmul_floor(params, batch, _REPEATS.value)  # seconds per token step
       line = (f'{batch:>5} {batch * new_tokens / cached:>12.1f} '
-              f'{batch * new_tokens / no_cache:>15.1f} {no_cache / cached:>8.1f}x'
-              f' {batch / floor:>11.1f} {floor * new_tokens / cached:>7.0%}')
+              f'{batch * new_tokens / no_cache:>15.1f} {no_cache / cached:>8.1f}x')
       if others:
         seconds = [best_time(functools.partial(run, prompts), _REPEATS.value)
                    for run in others.values()]
