@@ -94,9 +94,9 @@ PAPER_ROW_NAMES = {
 
 _TINY_TASKS = {'paraphrase': dict(steps=300, seq_len=128, eval_limit=1000),
                'sentiment': dict(steps=300, seq_len=64, eval_limit=1000),
-               'modernize': dict(steps=300, seq_len=128, target_len=64, eval_limit=200)}
+               'modernize': dict(steps=300, pair_len=128, target_len=64, eval_limit=200)}
 _BASE_TASKS = {'paraphrase': dict(steps=0, eval_limit=0), 'sentiment': dict(steps=0, eval_limit=0),
-               'modernize': dict(steps=0, seq_len=128, target_len=64, eval_limit=0)}
+               'modernize': dict(steps=0, pair_len=128, target_len=64, eval_limit=0)}
 VARIANTS = {
     'tiny': dict(width='tiny', pretrain_steps=1200, batch=8, seq_len=128, lr=1e-3, warmup=100,
                  finetune_lr=1e-3, tasks=_TINY_TASKS),
@@ -115,8 +115,13 @@ def _args(arg: str) -> dict:
   return args
 
 
+def _arm(setting: str) -> tuple:
+  """ARMS' row of a setting; 'scratch' is the text-infilling architecture, untrained."""
+  return ARMS.get(setting, ARMS['text_infilling'])
+
+
 def _architecture(c, arm: str, variant: dict):
-  family, arch, layers, _, _ = ARMS.get(arm, ARMS['text_infilling'])
+  family, arch, layers, _, _ = _arm(arm)
   c.model.size = f"{family}-{variant['width']}"
   c.model.arch = arch
   c.model.num_layers = layers if variant['width'] == 'tiny' else _BASE_LAYERS[layers]
@@ -147,11 +152,7 @@ def _finetune_config(args: dict, variant: dict):
     c.data.tokenizer.path = f'{pretrained}/tokenizer.model'
   recipe.train_and_dev_only(c, 'tsv.gz')
   c.finetune.lm_loss_weight = 0.0  # every arm fine-tuned alike: the task loss only
-  recipe.task_budget(c, args, variant, task)
-  if task == 'modernize' and ARMS.get(setting, ARMS['text_infilling'])[1] == 'encoder_decoder':
-    # Equal tokens per verse pair: the one-stack arms read source and target within
-    # max_seq_len; an encoder-decoder's source gets what the target does not use.
-    c.data.max_seq_len -= c.task.max_target_len
+  recipe.task_budget(c, args, variant, task, arch=_arm(setting)[1])
   return c
 
 

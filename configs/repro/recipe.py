@@ -68,17 +68,23 @@ def train_and_dev_only(c: ml_collections.ConfigDict, suffix: str) -> None:
   c.task.data_dir = ''
 
 
-def task_budget(c: ml_collections.ConfigDict, args: dict, variant: dict, task: str) -> None:
+def task_budget(c: ml_collections.ConfigDict, args: dict, variant: dict, task: str,
+                arch: str) -> None:
   """A fine-tuning run's budget, `variant['tasks'][task]`: `steps` (args' finetune_steps
   first; 0: the config's epochs), then one dev evaluation on the first `eval_limit` dev
-  examples (0: all); `seq_len` and `target_len`, where given, set the input and target
-  lengths (research/tasks/seq2seq.py says what each means per architecture)."""
+  examples (0: all). Lengths, where given: `seq_len` and `target_len` as the config reads them
+  (research/tasks/seq2seq.py), or `pair_len` tokens per (source, target) pair whatever the
+  architecture: a one-stack model reads both within max_seq_len, an `arch` encoder-decoder's
+  source gets what the target does not use (equal tokens per pair in every arm)."""
   budget = variant['tasks'][task]
   c.task.eval_limit = budget['eval_limit']
-  if 'seq_len' in budget:
-    c.data.max_seq_len = budget['seq_len']
   if 'target_len' in budget:
     c.task.max_target_len = budget['target_len']
+  if 'seq_len' in budget:
+    c.data.max_seq_len = budget['seq_len']
+  if 'pair_len' in budget:
+    c.data.max_seq_len = budget['pair_len'] - (
+        budget['target_len'] if arch == 'encoder_decoder' else 0)
   base.dev_once(c, steps=args['finetune_steps'] or budget['steps'],
                 learning_rate=variant['finetune_lr'])
 
