@@ -47,10 +47,11 @@ def _token_scores(model, params, ids):
   both [batch, length - 1]."""
   logits = model.apply({'params': params}, ids).logits[:, :-1].astype(jnp.float32)
   targets = ids[:, 1:, None]
-  log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), targets, -1)[..., 0]
+  log_p = jax.nn.log_softmax(logits)  # [batch, length - 1, vocab]
+  log_probs = jnp.take_along_axis(log_p, targets, -1)[..., 0]
   # The target is the argmax when its log-probability is the largest (as objectives/base.py
   # counts accuracy, without XLA:CPU's scalar argmax reduction).
-  return log_probs, log_probs >= jax.nn.log_softmax(logits).max(-1)
+  return log_probs, log_probs >= log_p.max(-1)
 
 
 def score_continuations(model, params, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,

@@ -117,4 +117,3 @@ def test_unknown_model_family_is_a_one_line_error():
   assert run.returncode != 0
   assert 'unknown foo; use bert, gpt, t5, bart, xlnet' in run.stderr
   assert 'Traceback' not in run.stderr
-
