@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import sys
@@ -47,6 +48,21 @@ def pretraining_rows(root: str) -> str:
       cells.append('' if value is None else format(value, spec))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
+
+
+def record_wall_time(root: str, seconds: float) -> tuple[float, int]:
+  """Adds one invocation's wall time to `<root>/wall_time.json` (a recipe stopped and resumed
+  is timed over all its invocations); returns (total seconds, invocations)."""
+  path = os.path.join(root, 'wall_time.json')
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    record = {'seconds': 0.0, 'invocations': 0}
+  record = {'seconds': record['seconds'] + seconds, 'invocations': record['invocations'] + 1}
+  with open(path, 'w') as f:
+    json.dump(record, f)
+  return record['seconds'], record['invocations']
 
 
 def _column(task: str, metric: str, count: int) -> str:
@@ -124,12 +140,14 @@ def main(argv=None):
   table = tabulate(recipe, collect.load_runs(root))
   order = row_order(recipe)
   wall = time.time() - start
+  total, invocations = record_wall_time(root, wall)
   units = '; '.join(f'{task}: {", ".join(f"{m} x {k:g}" for m, k in metrics)}'
                     for task, metrics in recipe.METRICS.items())
   text = '\n'.join([
       f'# {os.path.basename(path)} ({args.config})', '',
-      f'Command: `python -m launch.repro --config={args.config}`; wall time of this '
-      f'invocation: {wall / 60:.1f} min (runs finished earlier are not re-run).', '',
+      f'Command: `python -m launch.repro --config={args.config} --parallel={args.parallel}`; '
+      f'wall time {total / 60:.1f} min over {invocations} invocation(s) (this one '
+      f'{wall / 60:.1f} min; a re-run skips finished runs).', '',
       f'Dev metrics, mean ± std (number of seeds); {units}:', '',
       collect.markdown(table, ['setting'], order),
       f'Beside the paper ({recipe.PAPER_NAME}):', '',

@@ -249,6 +249,11 @@ def test_repro_comparison_table():
   assert '| ltr_bilstm | + BiLSTM |  | 82.1 | 84.1 | 75.7 | 91.6 | 84.9 |' in text
 
 
+def test_repro_wall_time_adds_up_over_resumed_invocations(tmp_path):
+  assert repro.record_wall_time(str(tmp_path), 60.0) == (60.0, 1)
+  assert repro.record_wall_time(str(tmp_path), 30.5) == (90.5, 2)
+
+
 def test_repro_tabulates_every_metric_beside_its_baseline():
   """Modernize has two columns (perplexity, chrF); the copy baseline sits in the chrF one,
   read from a run's start event; accuracies are scaled to percent."""

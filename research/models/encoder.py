@@ -49,7 +49,7 @@ class Encoder(nn.Module):
     self.embeddings = Embeddings(cfg)
     self.stack = Stack(cfg, cfg.num_layers)
     self.pooler = Pooler(cfg)
-    if cfg.two_stream:  # XLNet Sec 2.3: g_i^(0) = w, a trainable vector (+ position here)
+    if cfg.two_stream:  # XLNet Sec 2.3: g_i^(0) = w, a trainable vector (embedded with position i)
       self.query_init = self.param('query_init', dense_init(cfg.init_std, ('embed',)),
                                    (cfg.d_model,))
 
@@ -83,8 +83,9 @@ class Encoder(nn.Module):
       if not cfg.two_stream or mask_kind != 'causal':
         raise ValueError('the query stream needs --config.model.two_stream=True and a causal '
                          'factorization order')
-      query = self.embeddings.dropout(self.query_init + self.embeddings.position(positions),
-                                      deterministic=deterministic)
+      w = jnp.broadcast_to(self.query_init.astype(x.dtype), x.shape)  # [batch, length, d_model]
+      query = self.embeddings(input_ids, positions, segment_ids, deterministic=deterministic,
+                              token_vectors=w)
       query_mask = masks.attention_mask(q_order, k_order, key_valid, kind='strictly_causal')
     out = self.stack(x, (mask, None), positions=(slots, key_slots), query=query,
                      query_mask=query_mask, deterministic=deterministic,

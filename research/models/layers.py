@@ -87,9 +87,13 @@ class Embeddings(nn.Module):
   def tokens(self) -> nn.Module:
     return self.token if self.shared is None else self.shared
 
-  def __call__(self, input_ids, positions, segment_ids=None, *, deterministic: bool):
-    """input_ids, positions, segment_ids: [batch, length] -> [batch, length, d_model]."""
-    x = self.tokens(input_ids)
+  def __call__(self, input_ids, positions, segment_ids=None, *, deterministic: bool,
+               token_vectors=None):
+    """input_ids, positions, segment_ids: [batch, length] -> [batch, length, d_model].
+    token_vectors [batch, length, d_model], if given, stand in for the token table's rows:
+    XLNet's query stream embeds its learned vector w at every position the way a token is
+    embedded (position, segment, LayerNorm), so it starts at the content stream's scale."""
+    x = self.tokens(input_ids) if token_vectors is None else token_vectors
     if self.cfg.position == 'learned':
       x = x + self.position(positions)
     if self.cfg.type_vocab_size:
