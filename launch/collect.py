@@ -123,7 +123,8 @@ def plot(table: dict[tuple, dict[str, Cell]], path: str, ylabel: str,
   ax.set_ylim(bottom=max(0.0, min(lows, default=0) - 5))
   if title:
     ax.set_title(title)
-  ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.0, 1.0))
+  if rows:  # an empty table (nothing finished yet) still gets its axes
+    ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.0, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -1,12 +1,13 @@
 """The one command of a pretrain-then-fine-tune reproduction: both sweeps, then the table.
 
   python -m launch.repro --config=configs/repro/bert_table5.py:variant=tiny \
-      [--root=runs/bert_table5-tiny] [--parallel=1] [--dry_run]
+      [--root=runs/bert_table5-tiny] [--parallel=1] [--dry_run | --tabulate_only]
 
 Runs the recipe's `stage=pretrain` sweep, then its `stage=finetune` sweep (launch/sweep.py,
 locally; finished runs are skipped, interrupted ones resume), then writes `<root>/table.md`
 (our mean ± std over seeds beside the paper's numbers, which the recipe module lists in
-PAPER) and `<root>/table.png`. On a cluster, run the two stages with `launch.sweep --slurm`
+PAPER) and `<root>/table.png`. `--tabulate_only` writes them from the runs finished so far
+(while the sweep runs, or after it was stopped) and runs nothing. On a cluster, run the two stages with `launch.sweep --slurm`
 one after the other and then this command, which then only tabulates.
 """
 from __future__ import annotations
@@ -50,18 +51,19 @@ def pretraining_rows(root: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def record_wall_time(root: str, seconds: float) -> tuple[float, int]:
+def record_wall_time(root: str, seconds: float | None) -> tuple[float, int]:
   """Adds one invocation's wall time to `<root>/wall_time.json` (a recipe stopped and resumed
-  is timed over all its invocations); returns (total seconds, invocations)."""
+  is timed over all its invocations; None adds nothing); returns (total seconds, invocations)."""
   path = os.path.join(root, 'wall_time.json')
   try:
     with open(path) as f:
       record = json.load(f)
   except (OSError, ValueError):
     record = {'seconds': 0.0, 'invocations': 0}
-  record = {'seconds': record['seconds'] + seconds, 'invocations': record['invocations'] + 1}
-  with open(path, 'w') as f:
-    json.dump(record, f)
+  if seconds is not None:
+    record = {'seconds': record['seconds'] + seconds, 'invocations': record['invocations'] + 1}
+    with open(path, 'w') as f:
+      json.dump(record, f)
   return record['seconds'], record['invocations']
 
 
@@ -116,38 +118,49 @@ def main(argv=None):
   p.add_argument('--config', required=True, help='recipe config file[:arg] (configs/repro/...)')
   p.add_argument('--root', help='where all runs live (default: runs/<recipe>-<arg>)')
   p.add_argument('--parallel', type=int, default=1, help='runs at a time')
-  p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  mode.add_argument('--tabulate_only', action='store_true',
+                    help='write the table from the runs finished so far, run nothing')
   args = p.parse_args(argv)
   path, _ = sweep.split_config(args.config)
   root = os.path.abspath(args.root or sweep.default_root(args.config))
   start = time.time()
+  finished = {}
   for stage in ('pretrain', 'finetune'):
     config = _with_stage(args.config, stage)
     specs = sweep.expand(config, root, sweep.load_sweep(config))
     todo = [s for s in specs if not sweep.is_finished(s.workdir)]
     print(f'[repro] {stage}: {len(specs)} runs, {len(todo)} to run', flush=True)
+    finished[stage] = (len(specs) - len(todo), len(specs))
     if args.dry_run:
       for spec in todo:
         print(shlex.join(spec.command()))
+    if args.dry_run or args.tabulate_only:
       continue
     failed = [n for n, code in sweep.run_local(todo, args.parallel).items() if code]
     if failed:
       print(f'[repro] {stage} runs failed (see their log.txt): {", ".join(failed)}')
       sys.exit(1)
+    finished[stage] = (len(specs), len(specs))
   if args.dry_run:
     return
   recipe = _load_recipe(path)
   table = tabulate(recipe, collect.load_runs(root))
   order = row_order(recipe)
   wall = time.time() - start
-  total, invocations = record_wall_time(root, wall)
+  total, invocations = record_wall_time(root, None if args.tabulate_only else wall)
+  this_one = '' if args.tabulate_only else f'this one {wall / 60:.1f} min; '
+  done = [f'{n} of {count} {stage} runs' for stage, (n, count) in finished.items()
+          if n < count]
   units = '; '.join(f'{task}: {", ".join(f"{m} x {k:g}" for m, k in metrics)}'
                     for task, metrics in recipe.METRICS.items())
   text = '\n'.join([
       f'# {os.path.basename(path)} ({args.config})', '',
       f'Command: `python -m launch.repro --config={args.config} --parallel={args.parallel}`; '
-      f'wall time {total / 60:.1f} min over {invocations} invocation(s) (this one '
-      f'{wall / 60:.1f} min; a re-run skips finished runs).', '',
+      f'wall time {total / 60:.1f} min over {invocations} invocation(s) ({this_one}a re-run '
+      'skips finished runs).', '',
+      *([f'**Partial: finished so far {", ".join(done)}.**', ''] if done else []),
       f'Dev metrics, mean ± std (number of seeds); {units}:', '',
       collect.markdown(table, ['setting'], order),
       f'Beside the paper ({recipe.PAPER_NAME}):', '',

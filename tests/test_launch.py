@@ -254,6 +254,14 @@ def test_repro_wall_time_adds_up_over_resumed_invocations(tmp_path):
   assert repro.record_wall_time(str(tmp_path), 30.5) == (90.5, 2)
 
 
+def test_repro_tabulate_only_runs_nothing_and_says_the_table_is_partial(tmp_path):
+  repro.main(['--config=configs/repro/bart_table1.py:variant=tiny', f'--root={tmp_path}',
+              '--tabulate_only'])
+  text = (tmp_path / 'table.md').read_text()
+  assert 'Partial: finished so far 0 of 10 pretrain runs, 0 of 99 finetune runs' in text
+  assert not list(tmp_path.glob('objective=*')) and not (tmp_path / 'wall_time.json').exists()
+
+
 def test_repro_tabulates_every_metric_beside_its_baseline():
   """Modernize has two columns (perplexity, chrF); the copy baseline sits in the chrF one,
   read from a run's start event; accuracies are scaled to percent."""
