@@ -262,6 +262,19 @@ def test_repro_tabulate_only_runs_nothing_and_says_the_table_is_partial(tmp_path
   assert not list(tmp_path.glob('objective=*')) and not (tmp_path / 'wall_time.json').exists()
 
 
+def test_repro_pretraining_rows_end_with_the_unigram_model(tmp_path):
+  run = tmp_path / 'objective=lm'
+  run.mkdir()
+  records = [{'step': 0, 'event': 'start', 'baseline/unigram_cross_entropy': 6.3307,
+              'baseline/most_frequent_token_accuracy': 0.0581,
+              'baseline/unigram_perplexity': 561.54},
+             {'step': 1200, 'eval/loss': 4.814, 'eval/perplexity': 123.3}]
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  assert repro.pretraining_rows(str(tmp_path)).splitlines()[2:] == [
+      '| objective=lm | 1200 | 4.814 |  | 123.3 |',
+      '| unigram model (most frequent token) | | 6.331 | 0.058 | 561.5 |']
+
+
 def test_repro_tabulates_every_metric_beside_its_baseline():
   """Modernize has two columns (perplexity, chrF); the copy baseline sits in the chrF one,
   read from a run's start event; accuracies are scaled to percent."""
