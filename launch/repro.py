@@ -37,8 +37,8 @@ def _with_stage(config: str, stage: str) -> str:
 def pretraining_rows(root: str) -> str:
   """Held-out metrics of each pretraining run (context for the fine-tuning table), with the
   unigram model's row: a run whose numbers match it has learned nothing beyond token counts."""
-  lines = ['| pretraining run | steps | held-out loss | MLM accuracy | perplexity |',
-           '|---|---:|---:|---:|---:|']
+  lines = ['| pretraining run | steps | held-out loss | MLM accuracy | where masked | '
+           'perplexity |', '|---|---:|---:|---:|---:|---:|']
   baseline = None
   for run in collect.load_runs(root):
     if 'objective' not in run.params:
@@ -48,13 +48,14 @@ def pretraining_rows(root: str) -> str:
     step = max((r['step'] for r in run.records if 'eval/loss' in r), default=0)
     cells = [run.name, str(step)]
     for key, spec in (('eval/loss', '.3f'), ('eval/mlm_accuracy', '.3f'),
-                      ('eval/perplexity', '.1f')):
+                      ('eval/mlm_masked_accuracy', '.3f'), ('eval/perplexity', '.1f')):
       value = collect.final_value(run.records, [key])
       cells.append('' if value is None else format(value, spec))
     lines.append('| ' + ' | '.join(cells) + ' |')
   if baseline:
     lines.append(f"| unigram model (most frequent token) | | "
                  f"{baseline['baseline/unigram_cross_entropy']:.3f} | "
+                 f"{baseline['baseline/most_frequent_token_accuracy']:.3f} | "
                  f"{baseline['baseline/most_frequent_token_accuracy']:.3f} | "
                  f"{baseline['baseline/unigram_perplexity']:.1f} |")
   return '\n'.join(lines) + '\n'

@@ -271,8 +271,8 @@ def test_repro_pretraining_rows_end_with_the_unigram_model(tmp_path):
              {'step': 1200, 'eval/loss': 4.814, 'eval/perplexity': 123.3}]
   (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
   assert repro.pretraining_rows(str(tmp_path)).splitlines()[2:] == [
-      '| objective=lm | 1200 | 4.814 |  | 123.3 |',
-      '| unigram model (most frequent token) | | 6.331 | 0.058 | 561.5 |']
+      '| objective=lm | 1200 | 4.814 |  |  | 123.3 |',
+      '| unigram model (most frequent token) | | 6.331 | 0.058 | 0.058 | 561.5 |']
 
 
 def test_repro_tabulates_every_metric_beside_its_baseline():

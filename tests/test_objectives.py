@@ -86,6 +86,29 @@ def test_mlm_is_deterministic_given_the_rng_and_works_on_one_example():
   assert masked.shape == (128,) and 1 <= weights.sum() <= 20
 
 
+class _CopyingModel:
+  """An MLM whose prediction at each position is the token the input shows there."""
+
+  def apply(self, variables, input_ids, segment_ids, attention_mask, *, mlm_positions,
+            deterministic, rngs, **mask):
+    shown = jnp.take_along_axis(input_ids, mlm_positions, axis=1)  # [batch, P]
+    return {'mlm_logits': jax.nn.one_hot(shown, VOCAB), 'nsp_logits': jnp.zeros((1, 2))}
+
+
+def test_mlm_masked_accuracy_does_not_credit_copying_the_unchanged_tokens():
+  ids = _bert_batch(np.random.default_rng(0), batch=64)
+  masked, targets, weights = mlm.mask_tokens(ids, ~np.isin(ids, SPECIALS),
+                                             np.random.default_rng(1), max_predictions=20,
+                                             **MLM_KWARGS)
+  batch = {'input_ids': masked, 'segment_ids': np.zeros_like(ids), 'attention_mask': ids > 0,
+           'mlm_targets': targets, 'mlm_weights': weights}
+  terms = base.means(mlm.MaskedLM(nsp=False).terms(_CopyingModel(), {}, batch, rng=None))
+  shown = (masked == targets)[weights > 0].mean()  # ~10% left unchanged
+  assert 0.05 < shown < 0.2
+  np.testing.assert_allclose(terms['mlm_accuracy'], shown, rtol=1e-5)
+  assert terms['mlm_masked_accuracy'] == 0.0
+
+
 def _documents(rng, num_docs=150):
   """Documents whose token ids are unique and increase through the corpus,
   so any run of ids tells where in which document it came from."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +109,8 @@ class MaskedLM(base.Objective):
   mask_token_prob: float = 0.8
   random_token_prob: float = 0.1
   max_predictions: int = 20  # logits are computed only at this many positions per row
+  # The input may show a predicted token (BERT's unchanged 10%); XLNet's query stream never does.
+  copyable_targets: ClassVar[bool] = True
   short_seq_prob: float = 0.1
 
   @property
@@ -158,8 +161,15 @@ class MaskedLM(base.Objective):
     out = base.apply(model, params, batch['input_ids'], batch['segment_ids'],
                      batch['attention_mask'], mlm_positions=positions, rng=rng,
                      **self.mask_inputs(batch))
-    terms = base.token_terms('mlm_', out['mlm_logits'], take(batch['mlm_targets']),
-                             take(batch['mlm_weights']))
+    targets, weights = take(batch['mlm_targets']), take(batch['mlm_weights'])
+    terms = base.token_terms('mlm_', out['mlm_logits'], targets, weights)
+    if self.copyable_targets:
+      # BERT leaves 10% of the predicted tokens unchanged, and copying them is learned first:
+      # accuracy where the input hides the target ([MASK] or a random token) is what the
+      # context taught (it stays at the most frequent token's rate on a unigram plateau).
+      hidden = weights * (take(batch['input_ids']) != targets)
+      terms['mlm_masked_accuracy'] = base.token_terms('', out['mlm_logits'], targets,
+                                                      hidden)['accuracy']
     if self.nsp:
       terms.update(base.token_terms('nsp_', out['nsp_logits'], batch['nsp_labels'],
                                     batch['nsp_weights']))

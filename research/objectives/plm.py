@@ -38,6 +38,7 @@ class PermutationLM(mlm.MaskedLM):
   name = 'plm'
   nsp: bool = False
   partial_prediction: int = 6  # K: predict the last len/K tokens of each order
+  copyable_targets = False  # the query stream never sees the token it predicts
 
   def examples(self, tokenizer, documents_ids, *, seq_len, seed):
     windows = clm.pack_documents([[t for line in doc for t in line] for doc in documents_ids],
