@@ -148,7 +148,13 @@ def main(argv=None):
         print(shlex.join(spec.command()))
     if args.dry_run or args.tabulate_only:
       continue
-    failed = [n for n, code in sweep.run_local(todo, args.parallel).items() if code]
+    try:
+      status = sweep.run_local(todo, args.parallel)
+    except KeyboardInterrupt:  # Ctrl-C: the time spent still counts towards the recipe's
+      total, invocations = record_wall_time(root, time.time() - start)
+      sys.exit(f'[repro] interrupted; {total / 60:.1f} min over {invocations} invocation(s) '
+               'so far; the same command resumes')
+    failed = [n for n, code in status.items() if code]
     if failed:
       print(f'[repro] {stage} runs failed (see their log.txt): {", ".join(failed)}')
       sys.exit(1)
@@ -161,13 +167,14 @@ def main(argv=None):
   wall = time.time() - start
   total, invocations = record_wall_time(root, None if args.tabulate_only else wall)
   this_one = '' if args.tabulate_only else f'this one {wall / 60:.1f} min; '
+  parallel = '' if args.tabulate_only else f' --parallel={args.parallel}'
   done = [f'{n} of {count} {stage} runs' for stage, (n, count) in finished.items()
           if n < count]
   units = '; '.join(f'{task}: {", ".join(f"{m} x {k:g}" for m, k in metrics)}'
                     for task, metrics in recipe.METRICS.items())
   text = '\n'.join([
       f'# {os.path.basename(path)} ({args.config})', '',
-      f'Command: `python -m launch.repro --config={args.config} --parallel={args.parallel}`; '
+      f'Command: `python -m launch.repro --config={args.config}{parallel}`; '
       f'wall time {total / 60:.1f} min over {invocations} invocation(s) ({this_one}a re-run '
       'skips finished runs).', '',
       *([f'**Partial: finished so far {", ".join(done)}.**', ''] if done else []),

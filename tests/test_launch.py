@@ -254,6 +254,15 @@ def test_repro_wall_time_adds_up_over_resumed_invocations(tmp_path):
   assert repro.record_wall_time(str(tmp_path), 30.5) == (90.5, 2)
 
 
+def test_repro_interrupted_still_counts_its_wall_time(tmp_path, monkeypatch):
+  def interrupted(specs, parallel):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(sweep, 'run_local', interrupted)
+  with pytest.raises(SystemExit, match='interrupted; .* over 1 invocation'):
+    repro.main(['--config=configs/repro/bart_table1.py:variant=tiny', f'--root={tmp_path}'])
+  assert repro.record_wall_time(str(tmp_path), None)[1] == 1
+
+
 def test_repro_tabulate_only_runs_nothing_and_says_the_table_is_partial(tmp_path):
   repro.main(['--config=configs/repro/bart_table1.py:variant=tiny', f'--root={tmp_path}',
               '--tabulate_only'])
