@@ -31,7 +31,8 @@ arg: variant=tiny|base; stage=pretrain|finetune; objective= (pretrain); task=, s
 (finetune); pretrained=DIR; seeds=3; corpus=; pretrain_steps= / finetune_steps= (0: the
 variant's). variant=tiny: 1,200 pretraining steps of 8 x 128 tokens per arm at lr 1e-3 (at 32 x
 128, 300 steps left every one-stack arm on the unigram plateau: more, smaller updates for the
-same tokens get past it by step ~400); fine-tuning 300 steps of 32 examples at lr 1e-3 on
+same tokens get the LM past it by step ~400, but MLM, multitask MLM and the permuted LM stay
+on it where the input hides the target: README); fine-tuning 300 steps of 32 examples at lr 1e-3 on
 paraphrase (128 tokens a pair), sentiment (64 tokens) and modernize (128 tokens a verse pair:
 the encoder-decoders read 64 source tokens and write 64, the one-stack models read both in
 128), each scored once on the first 1,000 dev examples (modernize: 200 verses decoded). Fewer
