@@ -7,8 +7,9 @@ Runs the recipe's `stage=pretrain` sweep, then its `stage=finetune` sweep (launc
 locally; finished runs are skipped, interrupted ones resume), then writes `<root>/table.md`
 (our mean ± std over seeds beside the paper's numbers, which the recipe module lists in
 PAPER) and `<root>/table.png`. `--tabulate_only` writes them from the runs finished so far
-(while the sweep runs, or after it was stopped) and runs nothing. On a cluster, run the two stages with `launch.sweep --slurm`
-one after the other and then this command, which then only tabulates.
+(while the sweep runs, or after it was stopped) and runs nothing. On a cluster, run the two
+stages with `launch.sweep --slurm` one after the other and then this command, which then only
+tabulates.
 """
 from __future__ import annotations
 

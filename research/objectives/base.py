@@ -38,10 +38,15 @@ def token_terms(prefix: str, logits, targets, weights) -> dict[str, jax.Array]:
   (value, index) reduction over the whole [batch, length, vocab] logits, measured at 17% of a
   GPT-tiny train step; the max is the one the softmax already takes.
   """
-  target_logit = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
-  correct = (target_logit >= logits.max(-1)).astype(jnp.float32)
+  correct = token_correct(logits, targets)
   return {f'{prefix}loss': pair(cross_entropy(logits, targets) * weights, weights),
           f'{prefix}accuracy': pair(correct * weights, weights)}
+
+
+def token_correct(logits, targets) -> jax.Array:
+  """float32 [...]: 1 where the target's logit is the largest (token_terms' accuracy)."""
+  target_logit = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  return (target_logit >= logits.max(-1)).astype(jnp.float32)
 
 
 def means(terms: dict[str, Any]) -> dict[str, Any]:

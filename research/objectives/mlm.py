@@ -168,8 +168,8 @@ class MaskedLM(base.Objective):
       # accuracy where the input hides the target ([MASK] or a random token) is what the
       # context taught (it stays at the most frequent token's rate on a unigram plateau).
       hidden = weights * (take(batch['input_ids']) != targets)
-      terms['mlm_masked_accuracy'] = base.token_terms('', out['mlm_logits'], targets,
-                                                      hidden)['accuracy']
+      correct = base.token_correct(out['mlm_logits'], targets)
+      terms['mlm_masked_accuracy'] = base.pair(correct * hidden, hidden)
     if self.nsp:
       terms.update(base.token_terms('nsp_', out['nsp_logits'], batch['nsp_labels'],
                                     batch['nsp_weights']))
