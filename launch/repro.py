@@ -151,10 +151,10 @@ def main(argv=None):
       continue
     try:
       status = sweep.run_local(todo, args.parallel)
-    except KeyboardInterrupt:  # Ctrl-C: the time spent still counts towards the recipe's
+    except sweep.Stopped as stopped:  # the time spent still counts towards the recipe's
       total, invocations = record_wall_time(root, time.time() - start)
-      sys.exit(f'[repro] interrupted; {total / 60:.1f} min over {invocations} invocation(s) '
-               'so far; the same command resumes')
+      sys.exit(f'[repro] {stopped} ({total / 60:.1f} min over {invocations} invocation(s) '
+               'so far)')
     failed = [n for n, code in status.items() if code]
     if failed:
       print(f'[repro] {stage} runs failed (see their log.txt): {", ".join(failed)}')

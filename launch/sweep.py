@@ -28,8 +28,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -158,28 +160,59 @@ def compilation_cache_env(specs: Sequence[RunSpec]) -> dict[str, str]:
   return env
 
 
+class Stopped(Exception):
+  """A stop signal (SIGTERM, or SIGINT: Ctrl-C) ended a local sweep; its running runs were
+  passed the signal, saved a checkpoint and exited, and the same command resumes them."""
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(f'stopped by {signal.Signals(signum).name}; the same command resumes')
+
+
 def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
   """Runs each spec as a subprocess (at most `parallel` at once, sharing a compilation
-  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name."""
-  pending, running, status = list(specs), {}, {}
-  env = compilation_cache_env(specs)
-  while pending or running:
-    while pending and len(running) < parallel:
-      spec = pending.pop(0)
-      os.makedirs(spec.workdir, exist_ok=True)
-      log = open(os.path.join(spec.workdir, 'log.txt'), 'a')
-      print(f'[sweep] start {spec.name}', flush=True)
-      running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log, env=env,
-                                             stderr=subprocess.STDOUT), log, time.time())
-    for name, (process, log, start) in list(running.items()):
+  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name.
+
+  SIGTERM (`kill`, a scheduler) or SIGINT (Ctrl-C) starts no further run, passes the signal
+  to the running ones (research/loop.py: each finishes its step, saves a checkpoint and
+  exits), waits for them, then raises `Stopped`."""
+  pending, running, status, stops = list(specs), {}, {}, []
+
+  def stop(signum, frame):
+    del frame
+    stops.append(signum)
+    for process, _, _ in running.values():
       if process.poll() is None:
-        continue
-      log.close()
-      status[name] = process.returncode
-      outcome = 'done' if process.returncode == 0 else f'FAILED ({process.returncode})'
-      print(f'[sweep] {outcome} {name} in {time.time() - start:.0f}s', flush=True)
-      del running[name]
-    time.sleep(0.2)
+        process.send_signal(signum)  # a Ctrl-C already reached them: they ignore a second
+
+  handlers = {}
+  if threading.current_thread() is threading.main_thread():  # handlers live there only
+    handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  env = compilation_cache_env(specs)
+  try:
+    while (pending and not stops) or running:
+      while pending and not stops and len(running) < parallel:
+        spec = pending.pop(0)
+        os.makedirs(spec.workdir, exist_ok=True)
+        log = open(os.path.join(spec.workdir, 'log.txt'), 'a')
+        print(f'[sweep] start {spec.name}', flush=True)
+        running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log, env=env,
+                                               stderr=subprocess.STDOUT), log, time.time())
+      for name, (process, log, start) in list(running.items()):
+        if process.poll() is None:
+          continue
+        log.close()
+        status[name] = process.returncode
+        outcome = ('done' if process.returncode == 0 else 'stopped' if stops
+                   else f'FAILED ({process.returncode})')
+        print(f'[sweep] {outcome} {name} in {time.time() - start:.0f}s', flush=True)
+        del running[name]
+      time.sleep(0.2)
+  finally:
+    for signum, handler in handlers.items():
+      signal.signal(signum, handler)
+  if stops:
+    raise Stopped(stops[0])
   return status
 
 
@@ -286,7 +319,11 @@ def main(argv=None):
                              signal_seconds=args.slurm_signal_seconds))
       print(f'[sweep] wrote {args.slurm}: sbatch {args.slurm}')
     return
-  failed = [name for name, code in run_local(todo, args.parallel).items() if code]
+  try:
+    status = run_local(todo, args.parallel)
+  except Stopped as stopped:
+    sys.exit(f'[sweep] {stopped}')
+  failed = [name for name, code in status.items() if code]
   if failed:
     print(f'[sweep] {len(failed)} runs failed (see their log.txt): {", ".join(failed)}')
     sys.exit(1)

@@ -116,6 +116,48 @@ def test_local_runs_and_exit_status(tmp_path, monkeypatch):
   assert f'hello r2 {tmp_path}/.jax_cache' in (tmp_path / 'r2' / 'log.txt').read_text()
 
 
+# A local sweep of runs that, like research.main, save and exit 143 on SIGTERM.
+_STOPPABLE_SWEEP = """
+import os, sys
+from launch import sweep
+CHILD = ('import os, signal, sys, time\\n'
+         'def save(signum, frame):\\n'
+         '  open("saved", "w").close(); sys.exit(128 + signum)\\n'
+         'signal.signal(signal.SIGTERM, save)\\n'
+         'open("ready", "w").close(); time.sleep(120)')
+class Run(sweep.RunSpec):
+  def command(self, python=sys.executable):
+    return [python, '-c', f'import os; os.chdir({self.workdir!r}); exec({CHILD!r})']
+root = sys.argv[1]
+try:
+  sweep.run_local([Run(f'r{i}', os.path.join(root, f'r{i}'), 'x.py', ()) for i in range(3)], 2)
+except sweep.Stopped as stopped:
+  sys.exit(f'[sweep] {stopped}')
+"""
+
+
+def test_local_sweep_stopped_by_sigterm_lets_its_runs_save_and_starts_no_more(tmp_path):
+  parent = subprocess.Popen([sys.executable, '-c', _STOPPABLE_SWEEP, str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, cleaned up below
+  try:
+    deadline = time.time() + 60
+    while not all((tmp_path / r / 'ready').exists() for r in ('r0', 'r1')):
+      assert time.time() < deadline and parent.poll() is None, parent.communicate()
+      time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)  # to the sweep only, as `kill PID` does
+    out, err = parent.communicate(timeout=30)
+  finally:
+    try:
+      os.killpg(parent.pid, signal.SIGKILL)  # whatever is left of a failed run
+    except ProcessLookupError:
+      pass
+  assert parent.returncode == 1 and 'stopped by SIGTERM; the same command resumes' in err
+  assert (tmp_path / 'r0' / 'saved').exists() and (tmp_path / 'r1' / 'saved').exists()
+  assert 'stopped r0' in out and 'stopped r1' in out
+  assert not (tmp_path / 'r2').exists()  # the pending run never started
+
+
 def test_slurm_script(tmp_path):
   specs = [sweep.RunSpec('task=a,seed=0', str(tmp_path / 'task=a,seed=0'), 'c.py:v=1',
                          (('train.seed', 0),)),
@@ -256,9 +298,9 @@ def test_repro_wall_time_adds_up_over_resumed_invocations(tmp_path):
 
 def test_repro_interrupted_still_counts_its_wall_time(tmp_path, monkeypatch):
   def interrupted(specs, parallel):
-    raise KeyboardInterrupt
+    raise sweep.Stopped(signal.SIGINT)
   monkeypatch.setattr(sweep, 'run_local', interrupted)
-  with pytest.raises(SystemExit, match='interrupted; .* over 1 invocation'):
+  with pytest.raises(SystemExit, match='stopped by SIGINT; the same command resumes .* over 1 invocation'):
     repro.main(['--config=configs/repro/bart_table1.py:variant=tiny', f'--root={tmp_path}'])
   assert repro.record_wall_time(str(tmp_path), None)[1] == 1
 
