@@ -37,8 +37,8 @@ paraphrase (128 tokens a pair), sentiment (64 tokens) and modernize (128 tokens 
 the encoder-decoders read 64 source tokens and write 64, the one-stack models read both in
 128), each scored once on the first 1,000 dev examples (modernize: 200 verses decoded). Fewer
 fine-tuning steps leave paraphrase and sentiment at the majority class. Measured on 2 CPU
-cores, two runs at a time: ~7 min per pretraining arm, 2-3 min per fine-tuning run, so the
-recipe takes ~2.5-3 h (README). variant=base: BART Sec 4.1's
+cores, two runs at a time: 5-10 min per pretraining arm, 2-7 min per fine-tuning run, 223 min
+for the whole recipe (README). variant=base: BART Sec 4.1's
 ablation size (6 + 6 layers or 12, d 768, 1M steps of 8k-token batches are far beyond 2 cores:
 for accelerators; fine-tuning 3 epochs, every dev example).
 """

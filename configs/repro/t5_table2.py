@@ -30,7 +30,7 @@ past the unigram plateau, configs/repro/bart_table1.py), fine-tuning 300 steps o
 at lr 1e-3 on paraphrase (160 tokens a pair) and modernize (128 tokens a verse pair: the
 encoder-decoders read 64 source tokens and write 64, the decoders read both in 128), scored
 once on the first 1,000 dev pairs / 200 dev verses decoded. Not yet timed end to end; by the
-BART recipe's per-run costs, about 2 h on 2 CPU cores.
+BART recipe's per-run costs, about 3 h on 2 CPU cores.
 variant=base: T5's baseline size and schedule (2^18 steps of 2^16 tokens; accelerators).
 """
 from configs import base
