@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+
+from launch import stop_signals
 
 
 def free_port() -> int:
@@ -74,17 +75,10 @@ def run(command: Sequence[str], processes: int, devices_per_process: int = 0,
     procs.append(proc)
     threads.append(thread)
 
-  def pass_on(signum, frame):
-    del frame
-    for proc in procs:
-      if proc.poll() is None:
-        proc.send_signal(signum)
-  previous = {s: signal.signal(s, pass_on) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    status = _wait(procs, grace)
+    with stop_signals.passed_on(lambda: procs):
+      status = _wait(procs, grace)
   finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
     for thread in threads:
       thread.join(timeout=5)
   return status

@@ -31,10 +31,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from launch import stop_signals
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,20 +177,9 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
   SIGTERM (`kill`, a scheduler) or SIGINT (Ctrl-C) starts no further run, passes the signal
   to the running ones (research/loop.py: each finishes its step, saves a checkpoint and
   exits), waits for them, then raises `Stopped`."""
-  pending, running, status, stops = list(specs), {}, {}, []
-
-  def stop(signum, frame):
-    del frame
-    stops.append(signum)
-    for process, _, _ in running.values():
-      if process.poll() is None:
-        process.send_signal(signum)  # a Ctrl-C already reached them: they ignore a second
-
-  handlers = {}
-  if threading.current_thread() is threading.main_thread():  # handlers live there only
-    handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  pending, running, status = list(specs), {}, {}
   env = compilation_cache_env(specs)
-  try:
+  with stop_signals.passed_on(lambda: (p for p, _, _ in running.values())) as stops:
     while (pending and not stops) or running:
       while pending and not stops and len(running) < parallel:
         spec = pending.pop(0)
@@ -208,9 +198,6 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
         print(f'[sweep] {outcome} {name} in {time.time() - start:.0f}s', flush=True)
         del running[name]
       time.sleep(0.2)
-  finally:
-    for signum, handler in handlers.items():
-      signal.signal(signum, handler)
   if stops:
     raise Stopped(stops[0])
   return status

@@ -300,7 +300,8 @@ def test_repro_interrupted_still_counts_its_wall_time(tmp_path, monkeypatch):
   def interrupted(specs, parallel):
     raise sweep.Stopped(signal.SIGINT)
   monkeypatch.setattr(sweep, 'run_local', interrupted)
-  with pytest.raises(SystemExit, match='stopped by SIGINT; the same command resumes .* over 1 invocation'):
+  with pytest.raises(SystemExit,
+                     match='stopped by SIGINT; the same command resumes .* over 1 invocation'):
     repro.main(['--config=configs/repro/bart_table1.py:variant=tiny', f'--root={tmp_path}'])
   assert repro.record_wall_time(str(tmp_path), None)[1] == 1
 
