@@ -37,8 +37,10 @@ def _with_stage(config: str, stage: str) -> str:
 
 def pretraining_rows(root: str) -> str:
   """Held-out metrics of each pretraining run (context for the fine-tuning table), with the
-  unigram model's row: a run whose numbers match it has learned nothing beyond token counts."""
-  lines = ['| pretraining run | steps | held-out loss | MLM accuracy | where masked | '
+  unigram model's row: a run whose numbers match it has learned nothing beyond token counts.
+  `where masked` is the accuracy where the input hides the target: MLM's [MASK]ed and random
+  tokens (not the ones left unchanged), span corruption's dropped text (not its sentinels)."""
+  lines = ['| pretraining run | steps | held-out loss | accuracy | where masked | '
            'perplexity |', '|---|---:|---:|---:|---:|---:|']
   baseline = None
   for run in collect.load_runs(root):
@@ -48,9 +50,10 @@ def pretraining_rows(root: str) -> str:
                                  and 'baseline/unigram_cross_entropy' in r), None)
     step = max((r['step'] for r in run.records if 'eval/loss' in r), default=0)
     cells = [run.name, str(step)]
-    for key, spec in (('eval/loss', '.3f'), ('eval/mlm_accuracy', '.3f'),
-                      ('eval/mlm_masked_accuracy', '.3f'), ('eval/perplexity', '.1f')):
-      value = collect.final_value(run.records, [key])
+    for keys, spec in ((['eval/loss'], '.3f'), (['eval/mlm_accuracy', 'eval/accuracy'], '.3f'),
+                       (['eval/mlm_masked_accuracy', 'eval/span_accuracy'], '.3f'),
+                       (['eval/perplexity'], '.1f')):
+      value = collect.final_value(run.records, keys)
       cells.append('' if value is None else format(value, spec))
     lines.append('| ' + ' | '.join(cells) + ' |')
   if baseline:

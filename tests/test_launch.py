@@ -315,15 +315,23 @@ def test_repro_tabulate_only_runs_nothing_and_says_the_table_is_partial(tmp_path
 
 
 def test_repro_pretraining_rows_end_with_the_unigram_model(tmp_path):
-  run = tmp_path / 'objective=lm'
-  run.mkdir()
-  records = [{'step': 0, 'event': 'start', 'baseline/unigram_cross_entropy': 6.3307,
-              'baseline/most_frequent_token_accuracy': 0.0581,
-              'baseline/unigram_perplexity': 561.54},
-             {'step': 1200, 'eval/loss': 4.814, 'eval/perplexity': 123.3}]
-  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  """`where masked` reads MLM's and span corruption's accuracy on the hidden targets."""
+  start = {'step': 0, 'event': 'start', 'baseline/unigram_cross_entropy': 6.3307,
+           'baseline/most_frequent_token_accuracy': 0.0581, 'baseline/unigram_perplexity': 561.54}
+  runs = {'objective=lm': {'eval/loss': 4.814, 'eval/accuracy': 0.1612, 'eval/perplexity': 123.3},
+          'objective=mlm': {'eval/loss': 5.968, 'eval/mlm_accuracy': 0.118,
+                            'eval/mlm_masked_accuracy': 0.0562},
+          'objective=t5': {'eval/loss': 5.092, 'eval/accuracy': 0.2932,
+                           'eval/span_accuracy': 0.0571, 'eval/perplexity': 162.7}}
+  for name, final in runs.items():
+    (tmp_path / name).mkdir()
+    records = [start, {'step': 1200, **final}]
+    (tmp_path / name / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n'
+                                                           for r in records))
   assert repro.pretraining_rows(str(tmp_path)).splitlines()[2:] == [
-      '| objective=lm | 1200 | 4.814 |  |  | 123.3 |',
+      '| objective=lm | 1200 | 4.814 | 0.161 |  | 123.3 |',
+      '| objective=mlm | 1200 | 5.968 | 0.118 | 0.056 |  |',
+      '| objective=t5 | 1200 | 5.092 | 0.293 | 0.057 | 162.7 |',
       '| unigram model (most frequent token) | | 6.331 | 0.058 | 0.058 | 561.5 |']
 
 

@@ -2,12 +2,15 @@
 
 import json
 import time
+import types
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from research import objectives
+from research.objectives import base
 from research.models import presets
 from research.models.config import ModelConfig
 from research.data import corpus, pipeline
@@ -143,7 +146,7 @@ def test_span_corruption_batch_format(tok, documents):
   """T5: 32 encoder tokens come from random_spans_helper's raw window; every target span
   starts with a sentinel counting down from the top of the (tokenizer + 100) vocabulary."""
   batch = next(iter(_ds(_config('span_corruption'), tok, documents, batch_size=8)))
-  assert set(batch) == SEQ2SEQ_KEYS
+  assert set(batch) == SEQ2SEQ_KEYS | {'span_weights'}
   raw, targets_len = _objective(_config('span_corruption')).lengths(SEQ_LEN)
   assert batch['input_ids'].shape == (8, SEQ_LEN)
   assert batch['targets'].shape == (8, targets_len)
@@ -158,6 +161,37 @@ def test_span_corruption_batch_format(tok, documents):
   # The targets end with EOS at the last weighted position.
   last = batch['weights'].sum(1).astype(int) - 1
   assert (batch['targets'][np.arange(8), last] == tok.eos_id).all()
+  # span_weights: the weighted targets but the sentinels and EOS.
+  text = (batch['weights'] > 0) & ~sentinel & (batch['targets'] != tok.eos_id)
+  np.testing.assert_array_equal(batch['span_weights'], text)
+
+
+class _ScriptedModel:
+  """A 'model' whose logits put all mass on `predict(targets)` (known to it in advance)."""
+
+  def __init__(self, targets, predict, vocab):
+    self.logits = jax.nn.one_hot(predict(targets), vocab)
+
+  def apply(self, variables, *args, deterministic, rngs, **kwargs):
+    return types.SimpleNamespace(logits=self.logits)
+
+
+@pytest.mark.parametrize('arch', ['encoder_decoder', 'decoder'])
+def test_span_accuracy_credits_only_the_dropped_text(tok, documents, arch):
+  """A model that has learned only the sentinels' countdown and EOS (a quarter or more of the
+  targets) scores on plain accuracy and 0 on span_accuracy; a perfect one scores 1 on both."""
+  objective = _objective(_config('span_corruption'), arch=arch)
+  batch = next(iter(pipeline.make_train_dataset(_config('span_corruption'), objective, tok,
+                                                documents, batch_size=8)))
+  vocab, targets = tok.vocab_size + 100, batch['targets']
+  given_away = (targets >= tok.vocab_size) | (targets == tok.eos_id)
+  only_given_away = lambda t: np.where(given_away, t, tok.pad_id)
+  terms = base.means(objective.terms(_ScriptedModel(targets, only_given_away, vocab), {},
+                                     batch, rng=None))
+  assert terms['accuracy'] > 0.2 and terms['span_accuracy'] == 0.0
+  perfect = base.means(objective.terms(_ScriptedModel(targets, lambda t: t, vocab), {}, batch,
+                                       rng=None))
+  assert perfect['accuracy'] == perfect['span_accuracy'] == 1.0
 
 
 def test_denoising_batch_format(tok, documents):
