@@ -181,6 +181,7 @@ def build(config: ml_collections.ConfigDict, workdir: str,
                                        config.task.max_target_len)
     if model_cfg.arch == 'encoder_decoder':
       model_cfg.check_length(target_len, 'target')
+    seq2seq.check_label_words(label_words, tok, style, target_len)
     splits = {name: features.encode_seq2seq_split(examples, tok, style,
                                                   config.data.max_seq_len, target_len)
               for name, examples in task.splits.items()}

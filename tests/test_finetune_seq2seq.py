@@ -57,8 +57,23 @@ def test_text_to_text_classification_t5(pretrained, tmp_path):
   ft, _ = finetune.build(config, str(tmp_path / 'run'))
   assert ft.generates and ft.task.splits['dev'][0].target in ('bad', 'good')
   assert ft.task.splits['dev'][0].texts[0].startswith('sentence: ')
+  arrays = ft.splits['train'].arrays  # every target is its whole word, then </s>
+  written = [ft.tokenizer.decode(t[w > 0][:-1].tolist())
+             for t, w in zip(arrays['targets'], arrays['weights'])]
+  assert written == [e.target for e in ft.task.splits['train']]
   results = finetune.run_finetune(config, str(tmp_path / 'run'))
   assert 0 <= results['dev/accuracy'] <= 1 and 'dev/perplexity' in results
+  predictions = (tmp_path / 'run' / 'predictions' / 'dev.tsv').read_text().splitlines()[1:]
+  assert {p.split('\t')[1] for p in predictions} <= {'0', '1', ''}  # '': wrote no label word
+
+
+def test_text_to_text_label_word_longer_than_the_target_is_refused(pretrained, tmp_path):
+  """A label word cut to the target length is never written whole, so never matched."""
+  config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['t5'],
+                        finetune__text_to_text=True, task__max_target_len=4,
+                        finetune__label_words='not_equivalent,equivalent')
+  with pytest.raises(ValueError, match="label word 'not_equivalent' is .*max_target_len"):
+    finetune.build(config, str(tmp_path / 'run'))
 
 
 @pytest.mark.slow  # the head's shapes: test_finetune.py::test_task_model_shapes[encoder_decoder]

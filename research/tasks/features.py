@@ -80,7 +80,8 @@ def to_predictions(task: Task, split: EncodedSplit, outputs: dict[str, np.ndarra
 def prediction_rows(task: Task, split: EncodedSplit, predictions: list[Any]) -> list[str]:
   """Lines of a predictions file: a header `index<TAB>prediction` and one `uid<TAB>prediction`
   line per example (GLUE's submission format), or `word<TAB>tag` sentences for tagging.
-  Seq2seq outputs have tabs and line breaks replaced by spaces, so each stays one TSV field."""
+  Seq2seq outputs have tabs and line breaks replaced by spaces, so each stays one TSV field;
+  a text-to-text classifier that wrote no label word (class -1) gets an empty prediction."""
   if task.type == 'tagging':
     lines = []
     for e, tags in zip(split.examples, predictions):
@@ -88,7 +89,7 @@ def prediction_rows(task: Task, split: EncodedSplit, predictions: list[Any]) -> 
       lines.append('')
     return lines
   if task.type == 'classification':
-    predictions = [task.labels[p] for p in predictions]
+    predictions = [task.labels[p] if p >= 0 else '' for p in predictions]
   if task.type == 'seq2seq':
     predictions = [re.sub(r'[\t\r\n]', ' ', p) for p in predictions]
   rows = [f'{e.uid}\t{p}' for e, p in zip(split.examples, predictions)]

@@ -152,6 +152,21 @@ def as_text_to_text(examples: Sequence[Example], label_words: Sequence[str],
   return out
 
 
+def check_label_words(label_words: Sequence[str], tokenizer, style: Seq2SeqStyle,
+                      target_len: int) -> None:
+  """Refuses a label word longer than the target: encode_seq2seq would cut it, and a model
+  trained on the cut word never writes the whole word that label_of matches."""
+  for word in label_words:
+    ids = tokenizer.encode(word)
+    length = (len(frame(tokenizer, ids, style.decoder_start)) if style.arch == 'encoder_decoder'
+              else len(ids) + 1)  # + the end token
+    if length > target_len:
+      raise ValueError(
+          f'label word {word!r} is {length} target tokens with its end token, more than the '
+          f'target length {target_len}, so it would be cut and never match; raise '
+          '--config.task.max_target_len or give shorter --config.finetune.label_words')
+
+
 def label_of(text: str, label_words: Sequence[str]) -> int:
   """The class whose word the model wrote (exact match after stripping), else -1 (wrong)."""
   text = text.strip()
