@@ -89,7 +89,8 @@ class Encoder(nn.Module):
       query_mask = masks.attention_mask(q_order, k_order, key_valid, kind='strictly_causal')
     out = self.stack(x, (mask, None), positions=(slots, key_slots), query=query,
                      query_mask=query_mask, deterministic=deterministic,
-                     cache=None if cache is None else cache['layers'], cache_index=cache_index, return_intermediates=return_intermediates)
+                     cache=None if cache is None else cache['layers'], cache_index=cache_index,
+                     return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}
     return EncoderOutput(hidden=out.hidden, pooled=self.pooler(out.hidden),
                          hidden_states=out.hidden_states, attentions=out.attentions,
