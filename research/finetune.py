@@ -187,7 +187,8 @@ def build(config: ml_collections.ConfigDict, workdir: str,
               for name, examples in task.splits.items()}
     model = models.build(model_cfg)
     objective = {'encoder_decoder': Seq2SeqLM(),
-                 'decoder': PrefixLM() if ft_cfg.bidirectional_prompt else CausalLM(),
+                 'decoder': (PrefixLM if ft_cfg.bidirectional_prompt else CausalLM)(
+                     max_predictions=target_len),
                  'encoder': MaskedSeq2Seq(max_predictions=config.data.max_seq_len),
                  }[model_cfg.arch]
     if model_cfg.arch == 'encoder':  # UniLM: masked targets, redrawn each epoch in training
@@ -370,7 +371,9 @@ def _flops_per_step(ft: FineTune) -> float:
   length = arrays['input_ids'].shape[-1]
   if ft.generates:
     target = arrays['targets'].shape[-1] if cfg.arch == 'encoder_decoder' else 0
-    per_example = flops.model_flops(cfg, length=length, target_length=target)
+    vocab_rows = ft.objective.vocab_positions(length) if cfg.arch == 'decoder' else None
+    per_example = flops.model_flops(cfg, length=length, target_length=target,
+                                    vocab_positions=vocab_rows)
   else:
     lm = getattr(ft.objective, 'lm_loss_weight', 0) > 0
     per_example = views * flops.model_flops(

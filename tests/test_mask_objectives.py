@@ -190,6 +190,37 @@ def test_prefix_lm_mask_and_cached_generation():
                                rtol=1e-4)
 
 
+@pytest.mark.parametrize('prefix', [False, True])
+def test_decoder_loss_on_a_few_target_positions_projects_only_those(prefix):
+  """Fine-tuning a decoder on a target after its prompt: CausalLM(max_predictions=k) gathers
+  the k weighted positions before the LM head; loss and accuracy equal the full projection's,
+  and the logits it computes are [batch, k, vocab]."""
+  from research.objectives import base, clm, prefix_lm
+  cfg = ModelConfig(**{**presets.FAMILIES['gpt2'], **TINY})
+  model = Decoder(cfg)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 50, size=(4, 17)).astype(np.int32)
+  prompt = np.array([5, 9, 3, 12])  # targets of up to 6 tokens after each prompt
+  answer = np.array([6, 4, 1, 5])
+  weights = ((np.arange(16) >= prompt[:, None] - 1)
+             & (np.arange(16) < (prompt + answer)[:, None] - 1)).astype(np.float32)
+  batch = {'input_ids': ids[:, :-1], 'targets': ids[:, 1:], 'weights': weights,
+           'prefix_len': prompt.astype(np.int32)}
+  params = init(model, batch['input_ids'])
+  mask = {'prefix_len': batch['prefix_len']} if prefix else {}
+  predicted = model.apply({'params': params}, batch['input_ids'], **mask).logits.argmax(-1)
+  batch['targets'][:, ::2] = predicted[:, ::2]  # right at every other position
+  objective = prefix_lm.PrefixLM if prefix else clm.CausalLM
+  full = base.means(objective().terms(model, params, batch, rng=None))
+  few = base.means(objective(max_predictions=6).terms(model, params, batch, rng=None))
+  assert full['loss'] > 0.1 and 0 < full['accuracy'] < 1
+  np.testing.assert_allclose(few['loss'], full['loss'], rtol=1e-5)
+  np.testing.assert_allclose(few['accuracy'], full['accuracy'], rtol=1e-6)
+  shapes = jax.eval_shape(lambda: model.apply({'params': params}, batch['input_ids'],
+                                              logit_positions=jnp.zeros((4, 6), jnp.int32)))
+  assert shapes.logits.shape == (4, 6, 50)
+
+
 def test_every_objective_trains_its_arch():
   from research import objectives
   for name, arch in [('unilm', 'encoder'), ('plm', 'encoder'), ('prefix_lm', 'decoder')]:

@@ -48,13 +48,16 @@ class Decoder(nn.Module):
   def __call__(self, input_ids, attention_mask=None, positions=None, *, prefix_len=None,
                deterministic: bool = True, cache: dict | None = None,
                cache_index: jax.Array | int = 0, return_intermediates: bool = False,
-               logits: bool = True) -> DecoderOutput:
+               logits: bool = True, logit_positions=None) -> DecoderOutput:
     """input_ids: [batch, length]. attention_mask: [batch, length], 0 marks (left) padding.
     positions: [batch, length] position ids (default: slot index); with left-padded prompts
     pass cumsum(attention_mask) - 1 so each row's first real token sits at position 0.
     prefix_len [batch]: slots before it are read bidirectionally (prefix LM).
     With `cache` (from `init_cache`), the tokens occupy slots cache_index .. cache_index+length
-    and attend to every earlier valid slot; the updated cache is returned."""
+    and attend to every earlier valid slot; the updated cache is returned.
+    logit_positions [batch, P]: only these positions go through the LM head (logits
+    [batch, P, vocab]), as the encoder's `mlm_positions`: a loss on a few target positions
+    then skips the full-vocabulary projection of the rest."""
     cfg = self.cfg
     batch, length = input_ids.shape
     if attention_mask is None:
@@ -70,7 +73,10 @@ class Decoder(nn.Module):
                      cache=None if cache is None else cache['layers'], cache_index=cache_index,
                      return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}
-    return DecoderOutput(logits=self.lm_head(out.hidden, self.embeddings) if logits else None,
+    projected = out.hidden
+    if logit_positions is not None:
+      projected = jnp.take_along_axis(out.hidden, logit_positions[..., None], axis=1)  # [b, P, d]
+    return DecoderOutput(logits=self.lm_head(projected, self.embeddings) if logits else None,
                          hidden=out.hidden, hidden_states=out.hidden_states,
                          attentions=out.attentions, cache=new_cache)
 

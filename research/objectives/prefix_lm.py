@@ -55,5 +55,4 @@ class PrefixLM(clm.CausalLM):
   def terms(self, model, params, batch, rng):
     if self.arch == 'encoder_decoder':
       return seq2seq.Seq2SeqLM.terms(self, model, params, batch, rng)
-    out = base.apply(model, params, batch['input_ids'], prefix_len=batch['prefix_len'], rng=rng)
-    return base.token_terms('', out.logits, batch['targets'], batch['weights'])
+    return super().terms(model, params, batch, rng, prefix_len=batch['prefix_len'])
