@@ -380,7 +380,7 @@ def test_objective_table_recipes(recipe_name):
                           'pretrained=/p')
     if run['arg.task'] == 'modernize':  # equal tokens per verse pair in every arm
       setting = run['arg.setting']
-      arch = (recipe.ARCHS[setting.split('-')[0]][0] if recipe_name == 't5_table2'
+      arch = (recipe.ARCHS[recipe.arch_name(setting)][0] if recipe_name == 't5_table2'
               else recipe.ARMS.get(setting, recipe.ARMS['text_infilling'])[1])
       source_and_target = c.data.max_seq_len + (
           c.task.max_target_len if arch == 'encoder_decoder' else 0)
@@ -393,6 +393,9 @@ def test_objective_table_recipes(recipe_name):
     assert configs['prefix_lm-denoising'].objective.bidirectional_inputs
     assert configs['lm-lm'].objective.name == 'clm'
     assert configs['enc_dec-lm'].objective.name == 'prefix_lm'
+    scratch = recipe.get_config('stage=finetune,setting=scratch,pretrained=/p')
+    assert not scratch.finetune.init_from and scratch.model.arch == 'encoder_decoder'
+    assert scratch.data.tokenizer.path == '/p/tokenizer.model'
   else:
     sizes = sorted(params.values())
     assert sizes[-1] < 1.6 * sizes[0]  # comparable sizes, as BART Sec 4.1

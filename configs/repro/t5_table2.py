@@ -16,6 +16,8 @@ each pretrained with two objectives (Sec 3.2.3) on Austen, equal steps x batch:
              inputs) and are trained on the targets
   lm         a random split of each window: prefix -> target (encoder-decoders: prefix into
              the encoder; prefix LM: prefix visible both ways); the LM predicts every token
+plus `scratch`, the encoder-decoder fine-tuned from random weights (T5 Table 1's "No
+pre-training" row).
 Cost per arm: an L-layer stack over inputs + targets tokens, as in the paper: the encoder-decoder
 runs each input token through L encoder layers and each target through L decoder layers.
 Fine-tuned text to text like T5 (Sec 2.4), `seeds` seeds: paraphrase (~MRPC: the label as
@@ -45,7 +47,7 @@ ARCHS = {'enc_dec': ('encoder_decoder', 1, False, False),
          'prefix_lm': ('decoder', 1, False, True)}
 OBJECTIVES = ('denoising', 'lm')
 ARMS = tuple(f'{arch}-{objective}' for objective in OBJECTIVES for arch in ARCHS)
-SETTINGS = {arm: arm for arm in ARMS}
+SETTINGS = {**{arm: arm for arm in ARMS}, 'scratch': None}  # scratch: enc_dec, random weights
 TASKS = ('paraphrase', 'modernize')
 METRICS = {'paraphrase': (('dev/accuracy', 100),),
            'modernize': (('dev/chrf', 1), ('dev/perplexity', 1))}
@@ -73,6 +75,21 @@ PAPER_ROW_NAMES = {
     'prefix_lm': 'Prefix LM (P, M)'}
 PAPER_ROW_NAMES = {arm: f'{PAPER_ROW_NAMES[arm.split("-")[0]]}, '
                         f'{"Denoising" if arm.endswith("denoising") else "LM"}' for arm in ARMS}
+PAPER['scratch'] = (66.22, 17.60, 50.31)  # T5 Table 1, the baseline without pre-training
+PAPER_ROW_NAMES['scratch'] = 'No pre-training (Table 1)'
+
+
+def arch_name(setting: str) -> str:
+  """ARCHS' key of a fine-tuning setting ('scratch': the baseline encoder-decoder)."""
+  return setting.split('-')[0] if SETTINGS[setting] else 'enc_dec'
+
+
+def _architecture(c, name: str, variant: dict):
+  arch, fraction, share, _ = ARCHS[name]
+  c.model.size = f"t5-{variant['width']}"
+  c.model.arch = arch
+  c.model.num_layers = int(variant['layers'] * fraction)
+  c.model.share_stacks = share
 
 # Per task: fine-tuning steps, input length (with the target, for the decoders) or tokens per
 # verse pair, target length and dev examples scored (recipe.task_budget).
@@ -98,13 +115,10 @@ def _args(arg: str) -> dict:
 
 def _pretrain_config(args: dict, variant: dict):
   arm = recipe.choose('objective', args['objective'], ARMS)
-  arch_name, objective = arm.split('-')
-  arch, fraction, share, prefix = ARCHS[arch_name]
+  name, objective = arm.split('-')
+  arch, _, _, prefix = ARCHS[name]
   c = base.get_config()
-  c.model.size = f"t5-{variant['width']}"
-  c.model.arch = arch
-  c.model.num_layers = int(variant['layers'] * fraction)
-  c.model.share_stacks = share
+  _architecture(c, name, variant)
   if objective == 'denoising':
     c.objective.name = 'span_corruption'
     c.objective.bidirectional_inputs = prefix
@@ -115,13 +129,18 @@ def _pretrain_config(args: dict, variant: dict):
 
 def _finetune_config(args: dict, variant: dict):
   c, setting, task, pretrained = recipe.finetuning(args, SETTINGS, TASKS)
-  c.finetune.init_from = f'{pretrained}/objective={setting}'
-  c.finetune.bidirectional_prompt = ARCHS[setting.split('-')[0]][3]
+  name = arch_name(setting)
+  if SETTINGS[setting]:
+    c.finetune.init_from = f'{pretrained}/objective={setting}'
+  else:  # random weights, the pretrained models' tokenizer
+    _architecture(c, name, variant)
+    c.data.tokenizer.path = f'{pretrained}/tokenizer.model'
+  c.finetune.bidirectional_prompt = ARCHS[name][3]
   if task == 'paraphrase':  # T5's MRPC words (Appendix D)
     c.finetune.text_to_text = True
     c.finetune.label_words = 'not_equivalent,equivalent'
   recipe.train_and_dev_only(c, 'tsv.gz')
-  recipe.task_budget(c, args, variant, task, arch=ARCHS[setting.split('-')[0]][0])
+  recipe.task_budget(c, args, variant, task, arch=ARCHS[name][0])
   return c
 
 
