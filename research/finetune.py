@@ -371,9 +371,8 @@ def _flops_per_step(ft: FineTune) -> float:
   length = arrays['input_ids'].shape[-1]
   if ft.generates:
     target = arrays['targets'].shape[-1] if cfg.arch == 'encoder_decoder' else 0
-    vocab_rows = ft.objective.vocab_positions(length) if cfg.arch == 'decoder' else None
     per_example = flops.model_flops(cfg, length=length, target_length=target,
-                                    vocab_positions=vocab_rows)
+                                    vocab_positions=ft.objective.vocab_positions(length))
   else:
     lm = getattr(ft.objective, 'lm_loss_weight', 0) > 0
     per_example = views * flops.model_flops(
