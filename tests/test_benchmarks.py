@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -58,6 +59,18 @@ def test_synthetic_seq2seq_batches_have_the_objectives_target_lengths(family, ta
                                            np.random.default_rng(0))
   assert batch['input_ids'].shape == (2, 128)
   assert batch['decoder_input_ids'].shape == batch['targets'].shape == (2, target_len)
+
+
+@pytest.mark.parametrize('family', list(train_throughput.OBJECTIVES))
+def test_synthetic_batches_hold_what_each_objective_reads(family):
+  """Each benchmarked objective scores its synthetic batch (shapes only: jax.eval_shape)."""
+  objective = train_throughput.OBJECTIVES[family]
+  cfg = train_throughput.model_config(train_throughput.SHAPES['tiny'], family, 'float32')
+  model = models.build(cfg)
+  batch = synthetic.synthetic_batch(objective, 2, 128, cfg.vocab_size, np.random.default_rng(0))
+  params = jax.eval_shape(lambda: nn.meta.unbox(models.init_params(model, jax.random.key(0))))
+  terms = jax.eval_shape(lambda p: objective.terms(model, p, batch, jax.random.key(1)), params)
+  assert all(t.shape == (2,) for t in terms.values())
 
 
 def test_peers_without_transformers_is_one_error_line():

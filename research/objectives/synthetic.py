@@ -33,7 +33,10 @@ def synthetic_batch(objective, batch: int, seq_len: int, vocab: int,
   target_len = (objective.lengths(seq_len)[1] if isinstance(objective, objectives.SpanCorruption)
                 else seq_len)
   targets = rng.integers(7, vocab, (batch, target_len), dtype=np.int32)
-  return {'input_ids': ids, 'attention_mask': np.ones((batch, seq_len), np.int32),
-          'decoder_input_ids': seq2seq.shift_right(targets, 0),
-          'decoder_mask': np.ones((batch, target_len), np.int32), 'targets': targets,
-          'weights': np.ones((batch, target_len), np.float32)}
+  out = {'input_ids': ids, 'attention_mask': np.ones((batch, seq_len), np.int32),
+         'decoder_input_ids': seq2seq.shift_right(targets, 0),
+         'decoder_mask': np.ones((batch, target_len), np.int32), 'targets': targets,
+         'weights': np.ones((batch, target_len), np.float32)}
+  if isinstance(objective, objectives.SpanCorruption):  # every target a dropped text token
+    out['span_weights'] = out['weights']
+  return out
