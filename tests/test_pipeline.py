@@ -5,6 +5,7 @@ import time
 import types
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from research import objectives
 from research.objectives import base
 from research.models import presets
 from research.models.config import ModelConfig
+from research.models.vocab_loss import vocab_cross_entropy
 from research.data import corpus, pipeline
 from research.data import tokenizer as tokenizer_lib
 
@@ -167,13 +169,17 @@ def test_span_corruption_batch_format(tok, documents):
 
 
 class _ScriptedModel:
-  """A 'model' whose logits put all mass on `predict(targets)` (known to it in advance)."""
+  """A 'model' whose logits put all mass on `predict(targets)` (known to it in advance): it
+  scores the objective's `vocab_targets` through the real fused loss, with those one-hot rows
+  as hidden states and the identity as the output kernel."""
 
   def __init__(self, targets, predict, vocab):
-    self.logits = jax.nn.one_hot(predict(targets), vocab)
+    self.hidden = jax.nn.one_hot(predict(targets), vocab)  # [batch, length, vocab]
 
-  def apply(self, variables, *args, deterministic, rngs, **kwargs):
-    return types.SimpleNamespace(logits=self.logits)
+  def apply(self, variables, *args, deterministic, rngs, vocab_targets, **kwargs):
+    identity = jnp.eye(self.hidden.shape[-1])
+    return types.SimpleNamespace(vocab_loss=vocab_cross_entropy(self.hidden, identity,
+                                                                *vocab_targets))
 
 
 @pytest.mark.parametrize('arch', ['encoder_decoder', 'decoder'])

@@ -19,6 +19,7 @@ from research.models.config import ModelConfig
 from research.models.heads import LmHead
 from research.models.layers import Embeddings
 from research.models.transformer import Stack
+from research.models.vocab_loss import VocabLoss
 
 
 @flax.struct.dataclass
@@ -28,6 +29,7 @@ class DecoderOutput:
   hidden_states: tuple | None = None
   attentions: tuple | None = None
   cache: dict | None = None
+  vocab_loss: VocabLoss | None = None  # with `vocab_targets`, in place of the logits
 
 
 def causal_masks(cfg: ModelConfig, query_slots, key_slots, key_valid, prefix_len=None):
@@ -48,7 +50,7 @@ class Decoder(nn.Module):
   def __call__(self, input_ids, attention_mask=None, positions=None, *, prefix_len=None,
                deterministic: bool = True, cache: dict | None = None,
                cache_index: jax.Array | int = 0, return_intermediates: bool = False,
-               logits: bool = True, logit_positions=None) -> DecoderOutput:
+               logits: bool = True, logit_positions=None, vocab_targets=None) -> DecoderOutput:
     """input_ids: [batch, length]. attention_mask: [batch, length], 0 marks (left) padding.
     positions: [batch, length] position ids (default: slot index); with left-padded prompts
     pass cumsum(attention_mask) - 1 so each row's first real token sits at position 0.
@@ -57,7 +59,10 @@ class Decoder(nn.Module):
     and attend to every earlier valid slot; the updated cache is returned.
     logit_positions [batch, P]: only these positions go through the LM head (logits
     [batch, P, vocab]), as the encoder's `mlm_positions`: a loss on a few target positions
-    then skips the full-vocabulary projection of the rest."""
+    then skips the full-vocabulary projection of the rest.
+    vocab_targets (targets, weights) [batch, P]: score those targets of the projected positions
+    (the LM head's `loss`: weighted cross-entropy without materialising the logits) and return
+    it as `vocab_loss` instead of the logits."""
     cfg = self.cfg
     batch, length = input_ids.shape
     if attention_mask is None:
@@ -76,9 +81,13 @@ class Decoder(nn.Module):
     projected = out.hidden
     if logit_positions is not None:
       projected = jnp.take_along_axis(out.hidden, logit_positions[..., None], axis=1)  # [b, P, d]
-    return DecoderOutput(logits=self.lm_head(projected, self.embeddings) if logits else None,
-                         hidden=out.hidden, hidden_states=out.hidden_states,
-                         attentions=out.attentions, cache=new_cache)
+    scored = vocab = None
+    if vocab_targets is not None:
+      scored = self.lm_head.loss(projected, self.embeddings, *vocab_targets)
+    elif logits:
+      vocab = self.lm_head(projected, self.embeddings)
+    return DecoderOutput(logits=vocab, hidden=out.hidden, hidden_states=out.hidden_states,
+                         attentions=out.attentions, cache=new_cache, vocab_loss=scored)
 
   def init_cache(self, batch: int, length: int) -> dict:
     """A KV cache of `length` slots: per-layer keys/values and which slots hold real tokens."""

@@ -24,6 +24,7 @@ from research.models.decoder import DecoderOutput
 from research.models.heads import LmHead
 from research.models.layers import Embeddings, token_embedding
 from research.models.transformer import Stack, StackOutput
+from research.models.vocab_loss import VocabLoss
 
 
 @flax.struct.dataclass
@@ -32,6 +33,7 @@ class Seq2SeqOutput:
   hidden: jax.Array  # decoder output [batch, target_len, d_model]
   encoder: StackOutput  # encoder output, hidden [batch, source_len, d_model]
   decoder: DecoderOutput
+  vocab_loss: VocabLoss | None = None  # with `vocab_targets`, in place of the logits
 
 
 class EncoderDecoder(nn.Module):
@@ -70,11 +72,13 @@ class EncoderDecoder(nn.Module):
   def decode(self, decoder_input_ids, memory, memory_valid, decoder_mask=None, *,
              deterministic: bool = True, cache: dict | None = None,
              cache_index: jax.Array | int = 0, return_intermediates: bool = False,
-             logits: bool = True) -> DecoderOutput:
+             logits: bool = True, vocab_targets=None) -> DecoderOutput:
     """decoder_input_ids, decoder_mask [batch, target_len]: the target shifted right by the
     start token; memory [batch, source_len, d_model] the encoder output (None when the
     cache holds its keys and values); memory_valid [batch, source_len] its padding mask.
-    With `cache` the tokens occupy slots cache_index .. cache_index + target_len."""
+    With `cache` the tokens occupy slots cache_index .. cache_index + target_len.
+    vocab_targets (targets, weights) [batch, target_len]: return their weighted cross-entropy
+    as `vocab_loss` instead of the logits (Decoder's argument of the same name)."""
     cfg = self.cfg
     batch, length = decoder_input_ids.shape
     if decoder_mask is None:
@@ -97,24 +101,28 @@ class EncoderDecoder(nn.Module):
                              return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid,
                                             'memory_valid': memory_valid}
-    return DecoderOutput(logits=self.lm_head(out.hidden, self.shared) if logits else None,
-                         hidden=out.hidden, hidden_states=out.hidden_states,
-                         attentions=out.attentions, cache=new_cache)
+    scored = vocab = None
+    if vocab_targets is not None:
+      scored = self.lm_head.loss(out.hidden, self.decoder_embeddings, *vocab_targets)
+    elif logits:
+      vocab = self.lm_head(out.hidden, self.decoder_embeddings)
+    return DecoderOutput(logits=vocab, hidden=out.hidden, hidden_states=out.hidden_states,
+                         attentions=out.attentions, cache=new_cache, vocab_loss=scored)
 
   def __call__(self, input_ids, decoder_input_ids, attention_mask=None, decoder_mask=None, *,
                deterministic: bool = True, return_intermediates: bool = False,
-               logits: bool = True) -> Seq2SeqOutput:
+               logits: bool = True, vocab_targets=None) -> Seq2SeqOutput:
     """Teacher-forced pass: source [batch, S] -> logits [batch, T, vocab] of the next target
-    token at each decoder input position."""
+    token at each decoder input position (or, given `vocab_targets`, their scores)."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     encoded = self.encode(input_ids, attention_mask, deterministic=deterministic,
                           return_intermediates=return_intermediates)
     decoded = self.decode(decoder_input_ids, encoded.hidden, attention_mask, decoder_mask,
                           deterministic=deterministic, return_intermediates=return_intermediates,
-                          logits=logits)
+                          logits=logits, vocab_targets=vocab_targets)
     return Seq2SeqOutput(logits=decoded.logits, hidden=decoded.hidden, encoder=encoded,
-                         decoder=decoded)
+                         decoder=decoded, vocab_loss=decoded.vocab_loss)
 
   def init_cache(self, batch: int, length: int) -> dict:
     """Decoder self-attention caches of `length` slots (the cross-attention keys and values

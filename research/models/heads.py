@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from research.models.config import ModelConfig
 from research.models.layers import ACTIVATIONS, constrain, dense_init, norm
+from research.models.vocab_loss import VocabLoss, vocab_cross_entropy
 
 
 class Pooler(nn.Module):
@@ -57,20 +58,32 @@ class LmHead(nn.Module):
 
   Tied (GPT-1 Eq. 2, Press & Wolf 2017; BART, T5 v1.0): the token embedding matrix, which T5
   reads with the hidden state rescaled by d_model**-0.5 (Mesh TensorFlow); untied (T5.1.1):
-  a kernel of its own.
+  a kernel of its own. `loss` scores targets through the same weights without materialising
+  the logits (models/vocab_loss.py).
   """
   cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, hidden, embeddings: nn.Module):
+  def setup(self):
     cfg = self.cfg
-    if cfg.tie_output:
-      if cfg.scale_tied_output:
-        hidden = hidden * cfg.d_model ** -0.5
-      return vocab_logits(embeddings.attend(hidden))
-    kernel = self.param('kernel', dense_init(cfg.init_std, ('embed', 'vocab')),
-                        (cfg.d_model, cfg.vocab_size))
-    return vocab_logits(jnp.einsum('...d,dv->...v', hidden, kernel.astype(cfg.compute_dtype)))
+    if not cfg.tie_output:
+      self.kernel = self.param('kernel', dense_init(cfg.init_std, ('embed', 'vocab')),
+                               (cfg.d_model, cfg.vocab_size))
+
+  def _input(self, hidden):
+    return hidden * self.cfg.d_model ** -0.5 if self.cfg.scale_tied_output else hidden
+
+  def __call__(self, hidden, embeddings: nn.Module):
+    if self.cfg.tie_output:
+      return vocab_logits(embeddings.attend(self._input(hidden)))
+    return vocab_logits(jnp.einsum('...d,dv->...v', hidden,
+                                   self.kernel.astype(self.cfg.compute_dtype)))
+
+  def loss(self, hidden, embeddings: nn.Module, targets, weights) -> VocabLoss:
+    """hidden [batch, length, d_model], targets int / weights [batch, length] -> the weighted
+    cross-entropy of the targets under this head's logits, and per-position metrics."""
+    kernel = embeddings.table() if self.cfg.tie_output else self.kernel.T  # [vocab, d_model]
+    hidden = self._input(hidden).astype(self.cfg.compute_dtype)
+    return vocab_cross_entropy(hidden, kernel, targets, weights)
 
 
 def vocab_logits(logits: jax.Array) -> jax.Array:

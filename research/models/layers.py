@@ -108,6 +108,10 @@ class Embeddings(nn.Module):
     """Tied output projection: [batch, length, d_model] -> [batch, length, vocab] logits."""
     return self.tokens.attend(x)
 
+  def table(self) -> jax.Array:
+    """The token table [vocab, d_model] (float32 parameters), as `attend` reads it."""
+    return self.tokens.embedding
+
 
 class Mlp(nn.Module):
   """Position-wise feed-forward network (Vaswani et al. 2017, Eq. 2): act(x W_i) W_o, or

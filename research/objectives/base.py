@@ -43,6 +43,12 @@ def token_terms(prefix: str, logits, targets, weights) -> dict[str, jax.Array]:
           f'{prefix}accuracy': pair(correct * weights, weights)}
 
 
+def vocab_terms(prefix: str, loss, weights) -> dict[str, jax.Array]:
+  """token_terms from a models.vocab_loss.VocabLoss (the head scored the targets itself)."""
+  return {f'{prefix}loss': pair(loss.total, weights),
+          f'{prefix}accuracy': pair(loss.correct * weights, weights)}
+
+
 def token_correct(logits, targets) -> jax.Array:
   """float32 [...]: 1 where the target's logit is the largest (token_terms' accuracy)."""
   target_logit = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]

@@ -78,12 +78,12 @@ class CausalLM(base.LanguageModelling):
     """`mask`: the model's mask arguments (PrefixLM: prefix_len)."""
     targets, weights = batch['targets'], batch['weights']
     k = self.vocab_positions(weights.shape[1])
-    if k is None:
-      out = base.apply(model, params, batch['input_ids'], rng=rng, **mask)
-      return base.token_terms('', out.logits, targets, weights)
-    # The weighted positions first (weight 1 sorts first; top_k is stable), as MLM's gather.
-    _, positions = jax.lax.top_k(weights, k)  # [batch, k]
-    take = lambda x: jnp.take_along_axis(x, positions, axis=1)
+    positions = None
+    if k is not None:
+      # The weighted positions first (weight 1 sorts first; top_k is stable), as MLM's gather.
+      _, positions = jax.lax.top_k(weights, k)  # [batch, k]
+      take = lambda x: jnp.take_along_axis(x, positions, axis=1)
+      targets, weights = take(targets), take(weights)
     out = base.apply(model, params, batch['input_ids'], rng=rng, logit_positions=positions,
-                     **mask)
-    return base.token_terms('', out.logits, take(targets), take(weights))
+                     vocab_targets=(targets, weights), **mask)
+    return base.vocab_terms('', out.vocab_loss, weights)

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from research.objectives import base, clm, seq2seq
+from research.objectives import clm, seq2seq
 
 
 @dataclasses.dataclass(frozen=True)

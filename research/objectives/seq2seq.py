@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax
 import numpy as np
 
+from research.models.vocab_loss import VocabLoss
 from research.objectives import base, denoising, span_corruption
 
 
@@ -70,10 +70,12 @@ def seq2seq_example(source: Sequence[int], target: Sequence[int], *, source_len:
           'targets': targets, 'weights': valid.astype(np.float32)}
 
 
-def decoder_logits(model, params, batch, rng) -> jax.Array:
-  """float [B, T, vocab]: an encoder-decoder's teacher-forced predictions of batch['targets']."""
+def decoder_scores(model, params, batch, rng) -> VocabLoss:
+  """An encoder-decoder's teacher-forced scores of batch['targets'] (weights batch['weights']):
+  the weighted cross-entropy and per-position correctness (models/vocab_loss.py)."""
   return base.apply(model, params, batch['input_ids'], batch['decoder_input_ids'],
-                    batch['attention_mask'], batch['decoder_mask'], rng=rng).logits
+                    batch['attention_mask'], batch['decoder_mask'], rng=rng,
+                    vocab_targets=(batch['targets'], batch['weights'])).vocab_loss
 
 
 class Seq2SeqLM(base.LanguageModelling):
@@ -81,8 +83,7 @@ class Seq2SeqLM(base.LanguageModelling):
   archs = ('encoder_decoder',)
 
   def terms(self, model, params, batch, rng):
-    return base.token_terms('', decoder_logits(model, params, batch, rng), batch['targets'],
-                            batch['weights'])
+    return base.vocab_terms('', decoder_scores(model, params, batch, rng), batch['weights'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,12 +155,13 @@ class SpanCorruption(Seq2SeqLM):
   def terms(self, model, params, batch, rng):
     if self.arch == 'decoder':
       prefix = {'prefix_len': batch['prefix_len']} if self.bidirectional_inputs else {}
-      logits = base.apply(model, params, batch['input_ids'], rng=rng, **prefix).logits
+      scores = base.apply(model, params, batch['input_ids'], rng=rng,
+                          vocab_targets=(batch['targets'], batch['weights']), **prefix).vocab_loss
     else:
-      logits = decoder_logits(model, params, batch, rng)
-    terms = base.token_terms('', logits, batch['targets'], batch['weights'])
-    correct = base.token_correct(logits, batch['targets'])
-    terms['span_accuracy'] = base.pair(correct * batch['span_weights'], batch['span_weights'])
+      scores = decoder_scores(model, params, batch, rng)
+    terms = base.vocab_terms('', scores, batch['weights'])
+    terms['span_accuracy'] = base.pair(scores.correct * batch['span_weights'],
+                                       batch['span_weights'])
     return terms
 
 
