@@ -12,7 +12,7 @@ Unattended runs also stop cleanly in two cases:
     `Preempted` (research/main.py exits with 128 + the signal number: 143 or 130). Further
     signals while saving are only logged. In multi-process runs the processes agree on the
     step: the signal may reach one of them, or each at a different step.
-  * divergence: the train step skips non-finite updates (steps.skip_if_nonfinite); after
+  * divergence: the train step skips non-finite updates (steps.update_if_finite); after
     `max_skipped_steps` skips in a row the loop raises `Diverged` without saving again, so the
     newest checkpoint is the last state the run reached with finite numbers.
 """
@@ -65,7 +65,7 @@ def run(state, train_step: Callable, data_iter: Iterator, mesh, *, total_steps: 
   """Trains from `state.step` to `total_steps`.
 
   `train_step(state, batch) -> (state, metrics)` is the jitted step (metrics include
-  `skipped`, see steps.skip_if_nonfinite); `data_iter` yields host batches (a grain iterator:
+  `skipped`, see steps.update_if_finite); `data_iter` yields host batches (a grain iterator:
   its state is checkpointed). `after_step(done, state)` runs after every step, e.g. to
   evaluate, and returns metrics or None. Returns the final state and the last metrics
   `after_step` returned ({} if it never returned any).

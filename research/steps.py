@@ -57,36 +57,42 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objecti
     return sum(terms[k][0] * scale for k, scale in scales.items()), terms
 
   grads, terms = accumulate_gradients(loss_fn, state.params, batch, step_rng, grad_accum_steps)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   metrics = objective.summarize(means(terms))
   metrics['grad_norm'] = optax.tree.norm(grads)
   if schedule is not None:
     metrics['learning_rate'] = schedule(state.step)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return skip_if_nonfinite(state, new_state, metrics)
+  params, opt_state, metrics = update_if_finite(tx, grads, state.params, state.opt_state,
+                                                metrics)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def skip_if_nonfinite(old: TrainState, new: TrainState,
-                      metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`new`, or `old`'s params and optimizer state if the loss or gradient norm is not finite.
+def update_if_finite(tx: optax.GradientTransformation, grads, params, opt_state,
+                     metrics: dict[str, jax.Array]):
+  """(params, opt_state, metrics) after the optimizer's update, or the given params and
+  optimizer state unchanged if the loss or gradient norm is not finite.
 
-  Called at the end of every train step. A skipped update leaves params and optimizer state
-  (Adam's moments, its count and hence the schedule position) exactly as they were, so no
-  checkpoint ever holds a NaN; `step` still advances because the batch was consumed (the
-  data position and the dropout key `fold_in(rng, step)` move on). `metrics['skipped']` is 1.0
-  for a skipped step; research/loop.py stops the run after `train.max_skipped_steps` of them
-  in a row.
+  Every train step ends here. A skipped update leaves params and optimizer state (Adam's
+  moments, its count and hence the schedule position) exactly as they were, so no checkpoint
+  ever holds a NaN; the caller still advances `step` because the batch was consumed (the data
+  position and the dropout key `fold_in(rng, step)` move on). `metrics['skipped']` is 1.0 for
+  a skipped step; research/loop.py stops the run after `train.max_skipped_steps` of them in a
+  row.
 
-  Not optax.apply_if_finite: it checks only the gradients, keeps its counter inside the
-  optimizer state (so no metric shows a skip, and every existing checkpoint would become a
-  different model), and after its limit it *applies* the non-finite update.
+  A `lax.cond` rather than an elementwise select of the new and old trees: the select keeps
+  every old parameter and moment alive past the update, so XLA copied each donated buffer
+  before updating it (GPT-2 124M: ~1 GB of copies a step). Not optax.apply_if_finite: it checks
+  only the gradients, keeps its counter inside the optimizer state (so no metric shows a
+  skip, and every existing checkpoint would become a different model), and after its limit it
+  *applies* the non-finite update.
   """
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
-  keep = lambda n, o: jnp.where(finite, n, o)
-  state = new.replace(params=jax.tree.map(keep, new.params, old.params),
-                      opt_state=jax.tree.map(keep, new.opt_state, old.opt_state))
-  return state, {**metrics, 'skipped': 1.0 - finite.astype(jnp.float32)}
+
+  def update(params, opt_state):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = jax.lax.cond(finite, update, lambda *state: state, params, opt_state)
+  return params, opt_state, {**metrics, 'skipped': 1.0 - finite.astype(jnp.float32)}
 
 
 def eval_step(params, batch: dict[str, jax.Array], *, model, objective) -> dict[str, jax.Array]:
