@@ -81,11 +81,8 @@ class Decoder(nn.Module):
     projected = out.hidden
     if logit_positions is not None:
       projected = jnp.take_along_axis(out.hidden, logit_positions[..., None], axis=1)  # [b, P, d]
-    scored = vocab = None
-    if vocab_targets is not None:
-      scored = self.lm_head.loss(projected, self.embeddings, *vocab_targets)
-    elif logits:
-      vocab = self.lm_head(projected, self.embeddings)
+    vocab, scored = self.lm_head.outputs(projected, self.embeddings, logits=logits,
+                                         vocab_targets=vocab_targets)
     return DecoderOutput(logits=vocab, hidden=out.hidden, hidden_states=out.hidden_states,
                          attentions=out.attentions, cache=new_cache, vocab_loss=scored)
 

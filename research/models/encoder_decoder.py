@@ -101,11 +101,8 @@ class EncoderDecoder(nn.Module):
                              return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid,
                                             'memory_valid': memory_valid}
-    scored = vocab = None
-    if vocab_targets is not None:
-      scored = self.lm_head.loss(out.hidden, self.decoder_embeddings, *vocab_targets)
-    elif logits:
-      vocab = self.lm_head(out.hidden, self.decoder_embeddings)
+    vocab, scored = self.lm_head.outputs(out.hidden, self.decoder_embeddings, logits=logits,
+                                         vocab_targets=vocab_targets)
     return DecoderOutput(logits=vocab, hidden=out.hidden, hidden_states=out.hidden_states,
                          attentions=out.attentions, cache=new_cache, vocab_loss=scored)
 

@@ -78,6 +78,14 @@ class LmHead(nn.Module):
     return vocab_logits(jnp.einsum('...d,dv->...v', hidden,
                                    self.kernel.astype(self.cfg.compute_dtype)))
 
+  def outputs(self, hidden, embeddings: nn.Module, *, logits: bool, vocab_targets=None):
+    """What a model returns from its head: (logits or None, VocabLoss or None). Given
+    vocab_targets (targets, weights), their scores in place of the logits; else the logits
+    if `logits`."""
+    if vocab_targets is not None:
+      return None, self.loss(hidden, embeddings, *vocab_targets)
+    return (self(hidden, embeddings) if logits else None), None
+
   def loss(self, hidden, embeddings: nn.Module, targets, weights) -> VocabLoss:
     """hidden [batch, length, d_model], targets int / weights [batch, length] -> the weighted
     cross-entropy of the targets under this head's logits, and per-position metrics."""
