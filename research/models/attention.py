@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import constrain, dense_init, zeros_init
+from research.models.layers import Dropout, constrain, dense_init, zeros_init
 
 
 def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
@@ -164,7 +164,7 @@ class MultiHeadAttention(nn.Module):
     # A query that may see no key (XLNet's first token in the order; a left-padding slot)
     # attends to nothing, rather than uniformly to every masked key.
     weights = jax.nn.softmax(logits, axis=-1) * mask.any(-1, keepdims=True)
-    dropped = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
+    dropped = Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkd->bqhd', dropped.astype(dtype), v)  # [batch, q_len, heads, head_dim]
     out = HeadsDense(cfg, self.residual_std, to_heads=False, name='out')(out)
     return out, weights, cache

@@ -58,6 +58,42 @@ def token_embedding(cfg: ModelConfig, name: str | None = None) -> nn.Embed:
                                             ('vocab', 'embed')))
 
 
+class Dropout(nn.Module):
+  """Dropout (Srivastava et al. 2014): zero each value with probability `rate`, scale the rest
+  by 1 / (1 - rate), from the 'dropout' rng collection; the identity when deterministic.
+
+  Written here instead of nn.Dropout, which draws one 32-bit threefry word per value: XLA:CPU
+  lowers threefry as a rolled 5-round loop that streams the whole array through memory each
+  round, and that was ~12% of GPT-mini's step. Two 16-bit draws per word halve it (GPT-mini
+  step, one process, three rounds: 853 / 794 / 840 ms with nn.Dropout, 802 / 776 / 766 here,
+  731 / 715 / 722 without dropout). The drop probability is `rate` rounded to a multiple of
+  2^-16 (0.1 -> 0.100006), and survivors are scaled by that probability's complement, so the
+  expectation of every value is kept exactly."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if not 0.0 <= self.rate <= 1.0:
+      raise ValueError(f'dropout rate {self.rate} is not a probability; use a value in [0, 1]')
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    threshold = round(self.rate * 2**16)  # drop where the 16-bit draw is below it
+    keep_prob = 1.0 - threshold / 2**16
+    return jnp.where(uniform_uint16(self.make_rng('dropout'), x.shape) >= threshold,
+                     x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+
+
+def uniform_uint16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniform uint16 of `shape`, two from each 32-bit word jax.random draws (the last axis is
+  drawn in pairs, so leading axes keep the sharding of the array they mask)."""
+  pairs = -(-shape[-1] // 2)
+  words = jax.random.bits(key, (*shape[:-1], pairs), jnp.uint32)  # [..., pairs]
+  halves = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., pairs, 2]
+  return halves.reshape(*shape[:-1], 2 * pairs)[..., :shape[-1]]
+
+
 class Embeddings(nn.Module):
   """Token (+ learned absolute position) (+ segment) embeddings of one stack's input
   (BERT Fig. 2; GPT-1 Sec 3.1; BART). T5's stacks add no positions here (position='relative').
@@ -81,7 +117,7 @@ class Embeddings(nn.Module):
                               embedding_init=dense_init(cfg.init_std, (None, 'embed')))
     if cfg.embed_ln:
       self.norm = norm(cfg, 'norm')
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = Dropout(cfg.dropout)
 
   @property
   def tokens(self) -> nn.Module:

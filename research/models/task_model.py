@@ -22,6 +22,7 @@ from research.models.encoder import Encoder
 from research.models.encoder_decoder import EncoderDecoder
 from research.models.finetune_heads import BiLstm, last_token
 from research.models.heads import ClassifierHead
+from research.models.layers import Dropout
 
 # arch -> the backbone's name in the task model; `pretrained_backbone` maps the pretraining
 # model's params onto it.
@@ -66,7 +67,7 @@ class TaskModel(nn.Module):
     if self.bilstm_size:
       hidden, summary = BiLstm(self.bilstm_size, cfg.compute_dtype, name='bilstm')(hidden, mask)
 
-    drop = nn.Dropout(cfg.dropout)  # BERT/GPT-1 fine-tune with dropout 0.1 before the head
+    drop = Dropout(cfg.dropout)  # BERT/GPT-1 fine-tune with dropout 0.1 before the head
     head = ClassifierHead(cfg, self.num_outputs, name='head')
     if sequence_level:
       summary = summary.reshape(*lead, summary.shape[-1])  # [N, V, D]

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from research.models.attention import MultiHeadAttention, residual_init_std
 from research.models.config import ModelConfig
-from research.models.layers import RESIDUAL, Mlp, RelativePositionBias, constrain, norm
+from research.models.layers import (RESIDUAL, Dropout, Mlp, RelativePositionBias, constrain,
+                                    norm)
 
 
 @flax.struct.dataclass
@@ -54,7 +55,7 @@ class Block(nn.Module):
     when decoding from the cache) with 'memory_mask' [batch, 1, q, m]."""
     cfg = self.cfg
     std = residual_init_std(cfg, self.num_layers)
-    drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    drop = lambda y: Dropout(cfg.dropout)(y, deterministic=deterministic)
 
     def residual(x, name, sublayer):
       ln = norm(cfg, f'ln_{name}')
