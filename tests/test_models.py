@@ -205,6 +205,8 @@ def test_unknown_model_field_and_choice_are_errors():
     ModelConfig.from_config({'size': 'bert-tiny', 'num_layrs': 3}, vocab_size=10)
   with pytest.raises(ValueError, match="model.norm='batch'"):
     ModelConfig(**{**TINY, 'norm': 'batch'})
+  with pytest.raises(ValueError, match=r'model.attention_dropout=1.5 is not a probability'):
+    ModelConfig(**{**TINY, 'attention_dropout': 1.5})
   cfg = ModelConfig.from_config({'size': 't5-small', 'num_layers': 3}, vocab_size=10)
   assert (cfg.num_layers, cfg.d_model, cfg.arch, cfg.norm) == (3, 512, 'encoder_decoder', 'rms')
 

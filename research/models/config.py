@@ -180,3 +180,7 @@ class ModelConfig:
                        'positions')
     if self.scale_tied_output and not self.tie_output:
       raise ValueError('--config.model.scale_tied_output needs tie_output=True')
+    for name in ('dropout', 'attention_dropout'):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f'--config.model.{name}={getattr(self, name)} is not a probability; '
+                         'use a value in [0, 1]')
