@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from research import models
-from research.benchmarks import peers, train_throughput
+from research.benchmarks import generation, peers, train_throughput
+from research.models import presets
+from research.models.config import ModelConfig
 from research.objectives import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -130,3 +132,22 @@ def test_unknown_model_family_is_a_one_line_error():
   assert run.returncode != 0
   assert 'unknown foo; use bert, gpt, t5, bart, xlnet' in run.stderr
   assert 'Traceback' not in run.stderr
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_decoding_floor_reads_every_weight_matrix_once(scan_layers):
+  # heads x head_dim (2 x 48) differs from d_model (128): the kernels' 2-D shapes tell in from out
+  cfg = ModelConfig(**{**presets.architecture('gpt-tiny'), 'vocab_size': 1000, 'd_head': 48,
+                       'scan_layers': scan_layers})
+  params = nn.meta.unbox(models.init_params(models.build(cfg), jax.random.key(0)))
+  matrices = generation.step_matrices(params, cfg)
+  # 4 attention projections + 2 MLP kernels per layer, and the token table the head reads
+  assert len(matrices) == 6 * cfg.num_layers + 1
+  assert [table for _, table in matrices].count(True) == 1
+  assert all(w.ndim == 2 for w, _ in matrices)
+  d, inner = cfg.d_model, cfg.num_heads * cfg.head_dim
+  assert sum(w.size for w, _ in matrices) == (
+      cfg.num_layers * (4 * d * inner + 2 * d * cfg.d_ff) + cfg.vocab_size * d)
+  assert sorted({w.shape for w, table in matrices if not table}) == sorted(
+      {(d, inner), (inner, d), (d, cfg.d_ff), (cfg.d_ff, d)})
+  assert generation.floor_seconds(matrices, batch=2, repeats=1) > 0

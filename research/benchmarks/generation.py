@@ -12,6 +12,15 @@ and last length, linearly interpolated between). The latency table shows one tok
 as the context grows: near flat with the cache (one token through the weights plus attention
 over the cache), growing with it without.
 
+The floor column is tokens/s if a decoding step were its matrix products and nothing else:
+[batch, d] times every weight matrix the step reads in full (attention and MLP kernels, the
+tied token table as the LM head reads it), chained so each waits for the one before, as a
+step's do. Every step reads all the weights (500 MB for GPT-2 124M in float32) whatever the
+batch, so at batch 1 this is the memory-bandwidth floor of the machine, and at larger batches
+what this backend's matmuls allow; no cache, attention, sampling or loop is in it, so ours /
+floor is how much of a step is left to win, and floor / a peer is the most any program using
+these matmuls could be ahead of it.
+
 --peers times, in the same run, HF Flax 4.57 `generate` (the whole call jitted) and PyTorch
 2.13 `generate` (inference_mode) of the same GPT-2 network (random init, no stop token) on the
 same prompts, and prints ours / the best peer (peers.py; needs the bench extra). --rounds
@@ -20,6 +29,7 @@ repeats that table to show the noise.
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import flax.linen as nn
@@ -55,6 +65,44 @@ def best_time(fn, repeats: int) -> float:
   return min(times)
 
 
+def step_matrices(params, cfg: ModelConfig) -> list[tuple[jax.Array, bool]]:
+  """(matrix, is_token_table) for every weight matrix a decoding step reads in full: each
+  kernel as the 2-D [in, out] it multiplies by ([d_model, heads, head_dim] -> [d_model,
+  heads x head_dim], [heads, head_dim, d_model] -> [heads x head_dim, d_model]) and the
+  [vocab, d_model] token table, which the tied LM head reads transposed. Not the position
+  table (one row per token), norms or biases."""
+  matrices = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    names = [getattr(key, 'key', None) for key in path]
+    layers = [leaf] if not cfg.scan_layers or 'layers' not in names else list(leaf)
+    for w in layers:
+      if names[-1] == 'kernel':
+        split = 1 if w.shape[0] == cfg.d_model else w.ndim - 1
+        matrices.append((w.reshape(math.prod(w.shape[:split]), -1), False))
+      elif names[-2:] == ['token', 'embedding']:
+        matrices.append((w, True))
+  return matrices
+
+
+def floor_seconds(matrices: list[tuple[jax.Array, bool]], batch: int, repeats: int) -> float:
+  """Seconds of [batch, in] @ every matrix (x @ table^T for the token table), each product
+  scaled by a scalar of the one before so XLA runs them one after another."""
+  weights, tables = zip(*matrices)
+  widest = max(w.shape[1] if table else w.shape[0] for w, table in matrices)
+  x = jnp.ones((batch, widest), weights[0].dtype)
+
+  @jax.jit
+  def chain(x, weights):
+    scale = jnp.ones((), x.dtype)
+    for w, table in zip(weights, tables):
+      inputs = x[:, :w.shape[1] if table else w.shape[0]] * scale
+      y = inputs @ (w.T if table else w)  # [batch, out]
+      scale = 1 + 0 * y[0, 0]  # XLA keeps 0 * y for floats (NaN), so the chain stays serial
+    return scale
+
+  return best_time(lambda: chain(x, weights), repeats)
+
+
 def main(argv):
   del argv
   if peers.PEERS.value:
@@ -82,7 +130,9 @@ def main(argv):
   if peers.PEERS.value:  # the same network in each framework; every call makes new_tokens tokens
     others = {'HF Flax': peers.flax_generate(cfg, new_tokens)[0],
               'PyTorch': peers.torch_generate(cfg, new_tokens)[0]}
-  columns = f'{"batch":>5} {"cache tok/s":>12} {"no-cache tok/s":>15} {"speed-up":>9}'
+  matrices = step_matrices(params, cfg)
+  columns = (f'{"batch":>5} {"cache tok/s":>12} {"no-cache tok/s":>15} {"speed-up":>9}'
+             f' {"floor":>8} {"ours/floor":>10}')
   columns += ''.join(f' {name:>8}' for name in others) + (f' {"ours/best":>9}' if others else '')
   for round_index in range(peers.ROUNDS.value):
     if peers.ROUNDS.value > 1:
@@ -98,6 +148,8 @@ def main(argv):
                            latencies).sum()
       line = (f'{batch:>5} {batch * new_tokens / cached:>12.1f} '
               f'{batch * new_tokens / no_cache:>15.1f} {no_cache / cached:>8.1f}x')
+      floor = floor_seconds(matrices, batch, _REPEATS.value)  # per step of `batch` tokens
+      line += f' {batch / floor:>8.1f} {new_tokens * floor / cached:>9.2f}x'
       if others:
         seconds = [best_time(functools.partial(run, prompts), _REPEATS.value)
                    for run in others.values()]
