@@ -68,9 +68,10 @@ def best_time(fn, repeats: int) -> float:
 def step_matrices(params, cfg: ModelConfig) -> list[tuple[jax.Array, bool]]:
   """(matrix, is_token_table) for every weight matrix a decoding step reads in full: each
   kernel as the 2-D [in, out] it multiplies by ([d_model, heads, head_dim] -> [d_model,
-  heads x head_dim], [heads, head_dim, d_model] -> [heads x head_dim, d_model]) and the
-  [vocab, d_model] token table, which the tied LM head reads transposed. Not the position
-  table (one row per token), norms or biases."""
+  heads x head_dim], [heads, head_dim, d_model] -> [heads x head_dim, d_model]; an untied LM
+  head's [d_model, vocab]) and, if the head is tied, the [vocab, d_model] token table, which
+  it reads transposed. Not the position table or an untied token table (one row per token),
+  norms or biases."""
   matrices = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     names = [getattr(key, 'key', None) for key in path]
@@ -79,28 +80,31 @@ def step_matrices(params, cfg: ModelConfig) -> list[tuple[jax.Array, bool]]:
       if names[-1] == 'kernel':
         split = 1 if w.shape[0] == cfg.d_model else w.ndim - 1
         matrices.append((w.reshape(math.prod(w.shape[:split]), -1), False))
-      elif names[-2:] == ['token', 'embedding']:
+      elif cfg.tie_output and names[-2:] == ['token', 'embedding']:
         matrices.append((w, True))
   return matrices
 
 
+def _fan_in(w: jax.Array, table: bool) -> int:
+  return w.shape[1] if table else w.shape[0]
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _chain(x, weights, tables):
+  """x [batch, widest] @ every weight (x @ table^T for the token table), each product scaled
+  by a scalar of the one before so XLA runs them one after another."""
+  scale = jnp.ones((), x.dtype)
+  for w, table in zip(weights, tables):
+    y = (x[:, :_fan_in(w, table)] * scale) @ (w.T if table else w)  # [batch, out]
+    scale = 1 + 0 * y[0, 0]  # XLA keeps 0 * y for floats (NaN), so the chain stays serial
+  return scale
+
+
 def floor_seconds(matrices: list[tuple[jax.Array, bool]], batch: int, repeats: int) -> float:
-  """Seconds of [batch, in] @ every matrix (x @ table^T for the token table), each product
-  scaled by a scalar of the one before so XLA runs them one after another."""
+  """Seconds of one chained pass of [batch, in] products over `matrices` (best of repeats)."""
   weights, tables = zip(*matrices)
-  widest = max(w.shape[1] if table else w.shape[0] for w, table in matrices)
-  x = jnp.ones((batch, widest), weights[0].dtype)
-
-  @jax.jit
-  def chain(x, weights):
-    scale = jnp.ones((), x.dtype)
-    for w, table in zip(weights, tables):
-      inputs = x[:, :w.shape[1] if table else w.shape[0]] * scale
-      y = inputs @ (w.T if table else w)  # [batch, out]
-      scale = 1 + 0 * y[0, 0]  # XLA keeps 0 * y for floats (NaN), so the chain stays serial
-    return scale
-
-  return best_time(lambda: chain(x, weights), repeats)
+  x = jnp.ones((batch, max(map(_fan_in, weights, tables))), weights[0].dtype)
+  return best_time(lambda: _chain(x, weights, tables), repeats)
 
 
 def main(argv):
