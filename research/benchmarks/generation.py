@@ -19,7 +19,9 @@ step's do. Every step reads all the weights (500 MB for GPT-2 124M in float32) w
 batch, so at batch 1 this is the memory-bandwidth floor of the machine, and at larger batches
 what this backend's matmuls allow; no cache, attention, sampling or loop is in it, so ours /
 floor is how much of a step is left to win, and floor / a peer is the most any program using
-these matmuls could be ahead of it.
+these matmuls could be ahead of it. Only for weights far larger than the CPU's caches: at
+--size=gpt-tiny (28 MB) the chain's per-product overhead dominates and ours exceeds it
+(1.12-1.15x at batch 1 and 8).
 
 --peers times, in the same run, HF Flax 4.57 `generate` (the whole call jitted) and PyTorch
 2.13 `generate` (inference_mode) of the same GPT-2 network (random init, no stop token) on the
