@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.relative_max_distance = P(int)  # T5: 128
   c.model.type_vocab_size = P(int)  # segment embeddings (BERT: 2); 0 = none
   c.model.dropout = P(float)
+  c.model.mlp_dropout = P(bool)     # T5: dropout also between the MLP's activation and wo
+  c.model.final_dropout = P(bool)   # T5: dropout after each stack's final norm
   c.model.attention_dropout = P(float)
   c.model.pre_ln = P(bool)          # False: post-LN (BERT, GPT-1, BART); True: pre-LN (GPT-2/3, T5)
   c.model.final_ln = P(bool)        # final norm after the stack (pre-LN models)
@@ -45,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.attention_scale = P(bool)  # divide logits by sqrt(head_dim) (T5: no)
   c.model.tie_output = P(bool)      # LM logits from the token embeddings
   c.model.scale_tied_output = P(bool)  # T5: tied logits from hidden * d_model**-0.5
-  c.model.init_std = P(float)
+  c.model.init_std = P(float)       # kernel init std with init='normal'
+  c.model.init = P(str)             # 'normal' (N(0, init_std^2): BERT, GPT, BART) | 'fan_in' (T5)
   c.model.embed_init_std = P(float)  # token embedding init std (0 = init_std; T5: 1.0)
   c.model.scaled_residual_init = P(bool)  # GPT-2: residual projections init std / sqrt(2 layers)
   c.model.local_window = P(int)     # >0: GPT-3 alternating dense / locally banded attention

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import Dropout, constrain, dense_init, zeros_init
+from research.models.layers import Dropout, constrain, dense_init, kernel_std, zeros_init
 
 
 def init_kv_cache(batch: int, length: int, cfg: ModelConfig) -> dict:
@@ -118,7 +118,7 @@ class HeadsDense(nn.Module):
 class MultiHeadAttention(nn.Module):
   """Vaswani et al. 2017, Sec 3.2.2: softmax(Q K^T / sqrt(d_k) + bias) V over `num_heads` heads."""
   cfg: ModelConfig
-  residual_std: float
+  residual_scale: float = 1.0  # the output projection's init std is multiplied by it
 
   @nn.compact
   def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *, mask: jax.Array,
@@ -133,7 +133,9 @@ class MultiHeadAttention(nn.Module):
     dtype = cfg.compute_dtype
     # T5 leaves out the 1/sqrt(d_k) of Eq. 1 and initialises queries that much smaller
     # instead (Mesh TensorFlow's init); same function at init, different parametrisation.
-    q_std = cfg.init_std if cfg.attention_scale else cfg.init_std / math.sqrt(cfg.head_dim)
+    kv_std = kernel_std(cfg, cfg.d_model)
+    q_std = kv_std if cfg.attention_scale else kv_std / math.sqrt(cfg.head_dim)
+    out_std = kernel_std(cfg, cfg.num_heads * cfg.head_dim) * self.residual_scale
     proj = lambda name, std: HeadsDense(cfg, std, to_heads=True, name=name)
     heads = ('batch', 'length', 'heads', 'kv')  # Megatron: heads split over 'model'
     q = constrain(proj('query', q_std)(x_q), heads)  # [batch, q_len, heads, head_dim]
@@ -145,8 +147,8 @@ class MultiHeadAttention(nn.Module):
     else:
       source = x_q if x_kv is None else x_kv
       # Heads-first, the cache's layout: [batch, heads, kv_len, head_dim].
-      k = constrain(proj('key', cfg.init_std)(source), heads).transpose(0, 2, 1, 3)
-      v = constrain(proj('value', cfg.init_std)(source), heads).transpose(0, 2, 1, 3)
+      k = constrain(proj('key', kv_std)(source), heads).transpose(0, 2, 1, 3)
+      v = constrain(proj('value', kv_std)(source), heads).transpose(0, 2, 1, 3)
       if x_kv is not None:
         cache = {'k': k, 'v': v}
       elif cache is not None:
@@ -166,12 +168,10 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1) * mask.any(-1, keepdims=True)
     dropped = Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkd->bqhd', dropped.astype(dtype), v)  # [batch, q_len, heads, head_dim]
-    out = HeadsDense(cfg, self.residual_std, to_heads=False, name='out')(out)
+    out = HeadsDense(cfg, out_std, to_heads=False, name='out')(out)
     return out, weights, cache
 
 
-def residual_init_std(cfg: ModelConfig, num_layers: int) -> float:
-  """GPT-2 Sec 2.3: residual projections start at std / sqrt(2 * layers) (two per block)."""
-  if cfg.scaled_residual_init:
-    return cfg.init_std / math.sqrt(2 * num_layers)
-  return cfg.init_std
+def residual_init_scale(cfg: ModelConfig, num_layers: int) -> float:
+  """GPT-2 Sec 2.3: residual projections start 1 / sqrt(2 * layers) smaller (two per block)."""
+  return 1 / math.sqrt(2 * num_layers) if cfg.scaled_residual_init else 1.0

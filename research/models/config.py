@@ -19,6 +19,9 @@ POSITIONS = ('learned', 'relative', 'none')
 NORMS = ('layer', 'rms')
 MLPS = ('dense', 'gated')
 ACTIVATION_NAMES = ('gelu', 'gelu_tanh', 'relu')
+# How kernels are initialised (layers.kernel_std): 'normal' N(0, init_std^2) for every kernel
+# (BERT, GPT, BART), or 'fan_in' N(0, 1/fan_in) (T5: Mesh TensorFlow's variance scaling).
+INITS = ('normal', 'fan_in')
 # What the backward pass keeps of each block (jax.checkpoint policies, transformer.py):
 # everything ('none': no rematerialisation), only the block's input ('full'), or the outputs
 # of matmuls (all of them, or those without batch dimensions, i.e. not attention's).
@@ -54,6 +57,11 @@ class ModelConfig:
   type_vocab_size: int = 0  # >0: BERT segment (token type) embeddings
   dropout: float = 0.1
   attention_dropout: float = 0.1
+  # T5 also drops (at `dropout`) the MLP's hidden units between the activation and wo (Mesh
+  # TensorFlow `dense_relu_dense`, HF T5DenseActDense) and each stack's output after its final
+  # norm (HF T5Stack); BERT, GPT and BART do neither.
+  mlp_dropout: bool = False
+  final_dropout: bool = False
   # Norm placement. BERT, GPT-1 and BART: post-LN (Vaswani et al. 2017, Sec 3.1).
   # GPT-2/3 and T5: pre-LN plus a final norm (GPT-2 Sec 2.3; T5 Sec 2.1).
   pre_ln: bool = False
@@ -70,6 +78,12 @@ class ModelConfig:
   tie_output: bool = True  # LM logits from the token embedding matrix (Press & Wolf 2017)
   scale_tied_output: bool = False  # T5: tied logits use hidden * d_model**-0.5
   init_std: float = 0.02
+  # Kernel initialisation (INITS). 'fan_in' is Mesh TensorFlow's, which T5 uses (HF
+  # `T5PreTrainedModel._init_weights`): std fan_in^-1/2 for every kernel (q, k, v: d_model;
+  # the attention output: heads * d_kv; MLP wi: d_model, wo: d_ff), with the query further
+  # divided by sqrt(d_kv) when the logits are not (attention_scale=False), the relative
+  # position bias table d_model^-1/2; embed_init_std sets the embeddings (T5: 1.0).
+  init: str = 'normal'
   # Token embedding init std; 0 = init_std. T5 draws its shared embedding from N(0, 1) (Mesh
   # TensorFlow), which its d_model**-0.5 tied-output rescale assumes: at 0.02 the initial
   # logits are ~50x smaller and the tiny models barely learn (measured: loss 5.9 after 400 steps).
@@ -159,7 +173,7 @@ class ModelConfig:
 
   def __post_init__(self):
     choices = {'arch': ARCHS, 'position': POSITIONS, 'norm': NORMS, 'mlp': MLPS,
-               'activation': ACTIVATION_NAMES, 'decoder_start': ('pad', 'eos'),
+               'activation': ACTIVATION_NAMES, 'decoder_start': ('pad', 'eos'), 'init': INITS,
                'remat_policy': REMAT_POLICIES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:

@@ -54,9 +54,13 @@ class Decoder(nn.Module):
     """input_ids: [batch, length]. attention_mask: [batch, length], 0 marks (left) padding.
     positions: [batch, length] position ids (default: slot index); with left-padded prompts
     pass cumsum(attention_mask) - 1 so each row's first real token sits at position 0.
-    prefix_len [batch]: slots before it are read bidirectionally (prefix LM).
+    prefix_len [batch]: slots before it are read bidirectionally (prefix LM); T5's relative
+    position buckets are then bidirectional for every query, as Mesh TensorFlow's are in any
+    model that is not fully autoregressive (`bidirectional = not fully_autoregressive`):
+    a prefix token must tell the keys to its right apart.
     With `cache` (from `init_cache`), the tokens occupy slots cache_index .. cache_index+length
-    and attend to every earlier valid slot; the updated cache is returned.
+    and attend to every earlier valid slot; the updated cache is returned. A cache filled by a
+    bidirectional `prefill` carries its `prefix_len`, so decoding steps keep the buckets.
     logit_positions [batch, P]: only these positions go through the LM head (logits
     [batch, P, vocab]), as the encoder's `mlm_positions`: a loss on a few target positions
     then skips the full-vocabulary projection of the rest.
@@ -69,15 +73,20 @@ class Decoder(nn.Module):
       attention_mask = jnp.ones((batch, length), bool)
     if cache is None:
       cfg.check_length(length)
+    elif prefix_len is None:
+      prefix_len = cache.get('prefix_len')
     query_slots, key_slots, key_valid = slots_and_keys(attention_mask, cache, cache_index)
     if positions is None:
       positions = jnp.broadcast_to(query_slots, (batch, length))
     x = self.embeddings(input_ids, positions, deterministic=deterministic)
     out = self.stack(x, causal_masks(cfg, query_slots, key_slots, key_valid, prefix_len),
-                     causal=True, positions=(query_slots, key_slots), deterministic=deterministic,
+                     causal=prefix_len is None, positions=(query_slots, key_slots),
+                     deterministic=deterministic,
                      cache=None if cache is None else cache['layers'], cache_index=cache_index,
                      return_intermediates=return_intermediates)
     new_cache = None if cache is None else {'layers': out.cache, 'key_valid': key_valid}
+    if new_cache is not None and prefix_len is not None:
+      new_cache['prefix_len'] = prefix_len
     projected = out.hidden
     if logit_positions is not None:
       projected = jnp.take_along_axis(out.hidden, logit_positions[..., None], axis=1)  # [b, P, d]

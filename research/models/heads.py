@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import ACTIVATIONS, constrain, dense_init, norm
+from research.models.layers import ACTIVATIONS, constrain, dense_init, kernel_std, norm
 from research.models.vocab_loss import VocabLoss, vocab_cross_entropy
 
 
@@ -66,7 +66,8 @@ class LmHead(nn.Module):
   def setup(self):
     cfg = self.cfg
     if not cfg.tie_output:
-      self.kernel = self.param('kernel', dense_init(cfg.init_std, ('embed', 'vocab')),
+      self.kernel = self.param('kernel', dense_init(kernel_std(cfg, cfg.d_model),
+                                                    ('embed', 'vocab')),
                                (cfg.d_model, cfg.vocab_size))
 
   def _input(self, hidden):

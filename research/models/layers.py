@@ -36,6 +36,12 @@ def dense_init(std: float, names: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
 
+def kernel_std(cfg: ModelConfig, fan_in: int) -> float:
+  """The std of a kernel with `fan_in` inputs (ModelConfig.init): init_std (BERT Sec A.2 and
+  GPT-2's `initializer_range`), or fan_in^-1/2 (Mesh TensorFlow's variance scaling, T5)."""
+  return fan_in ** -0.5 if cfg.init == 'fan_in' else cfg.init_std
+
+
 def zeros_init(names: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros, names)
 
@@ -151,9 +157,10 @@ class Embeddings(nn.Module):
 
 class Mlp(nn.Module):
   """Position-wise feed-forward network (Vaswani et al. 2017, Eq. 2): act(x W_i) W_o, or
-  gated (Shazeer 2020, GeGLU; T5.1.1): (act(x W_i0) * x W_i1) W_o."""
+  gated (Shazeer 2020, GeGLU; T5.1.1): (act(x W_i0) * x W_i1) W_o; with cfg.mlp_dropout (T5)
+  the hidden units are dropped before W_o."""
   cfg: ModelConfig
-  residual_std: float
+  residual_scale: float = 1.0  # W_o's init std is multiplied by it (GPT-2 Sec 2.3)
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -162,13 +169,17 @@ class Mlp(nn.Module):
         features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, name=name,
         kernel_init=dense_init(std, names), bias_init=zeros_init(names[-1:]))
     act = ACTIVATIONS[cfg.activation]
+    wi_std = kernel_std(cfg, cfg.d_model)
     if cfg.mlp == 'gated':
-      h = act(dense(cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi_0')(x)) * dense(
-          cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi_1')(x)  # [batch, length, d_ff]
+      h = act(dense(cfg.d_ff, wi_std, ('embed', 'mlp'), 'wi_0')(x)) * dense(
+          cfg.d_ff, wi_std, ('embed', 'mlp'), 'wi_1')(x)  # [batch, length, d_ff]
     else:
-      h = act(dense(cfg.d_ff, cfg.init_std, ('embed', 'mlp'), 'wi')(x))  # [batch, length, d_ff]
+      h = act(dense(cfg.d_ff, wi_std, ('embed', 'mlp'), 'wi')(x))  # [batch, length, d_ff]
     h = constrain(h, ('batch', 'length', 'mlp'))  # Megatron: hidden units split over 'model'
-    return dense(cfg.d_model, self.residual_std, ('mlp', 'embed'), 'wo')(h)
+    if cfg.mlp_dropout:
+      h = Dropout(cfg.dropout)(h, deterministic=deterministic)
+    wo_std = kernel_std(cfg, cfg.d_ff) * self.residual_scale
+    return dense(cfg.d_model, wo_std, ('mlp', 'embed'), 'wo')(h)
 
 
 class RelativePositionBias(nn.Module):
@@ -182,7 +193,9 @@ class RelativePositionBias(nn.Module):
     """q_positions [batch|1, queries], k_positions [batch|1, keys] -> bias
     [batch|1, heads, queries, keys] (float32)."""
     cfg = self.cfg
-    table = self.param('embedding', dense_init(cfg.init_std, (None, 'heads')),
+    # Mesh TensorFlow / HF T5 draw the table at d_model^-1/2 (not a fan-in: it has none).
+    std = cfg.d_model ** -0.5 if cfg.init == 'fan_in' else cfg.init_std
+    table = self.param('embedding', dense_init(std, (None, 'heads')),
                        (cfg.relative_buckets, cfg.num_heads))
     buckets = relative_position_bucket(
         k_positions[:, None, :] - q_positions[:, :, None], bidirectional=self.bidirectional,

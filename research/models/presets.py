@@ -33,7 +33,8 @@ FAMILIES = {
                pre_ln=True, final_ln=True, embed_ln=False, activation='relu', mlp='dense',
                attention_scale=False, tie_output=True, scale_tied_output=True,
                layer_norm_eps=1e-6, type_vocab_size=0, scaled_residual_init=False,
-               max_len=512, vocab_size=32128, decoder_start='pad', embed_init_std=1.0),
+               max_len=512, vocab_size=32128, decoder_start='pad', embed_init_std=1.0,
+               init='fan_in', mlp_dropout=True, final_dropout=True),
     # T5.1.1 (google-research/text-to-text-transfer-transformer released_checkpoints.md):
     # GeGLU MLP (gelu_new), untied output layer, no dropout in pretraining.
     't5.1.1': dict(arch='encoder_decoder', position='relative', norm='rms', use_bias=False,
@@ -41,7 +42,8 @@ FAMILIES = {
                    mlp='gated', attention_scale=False, tie_output=False,
                    scale_tied_output=False, layer_norm_eps=1e-6, type_vocab_size=0,
                    scaled_residual_init=False, max_len=512, vocab_size=32128, dropout=0.0,
-                   attention_dropout=0.0, decoder_start='pad', embed_init_std=1.0),
+                   attention_dropout=0.0, decoder_start='pad', embed_init_std=1.0,
+                   init='fan_in', mlp_dropout=True, final_dropout=True),
     # BART (Lewis et al. 2020, Sec 2.1; HF facebook/bart-base config.json): post-LN with a
     # LayerNorm on the embeddings of each stack, GELU, biases, learned positions (1,024;
     # HF stores two extra unused rows), tied output, 50,265 byte-level BPE ids.

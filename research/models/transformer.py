@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import MultiHeadAttention, residual_init_std
+from research.models.attention import MultiHeadAttention, residual_init_scale
 from research.models.config import ModelConfig
 from research.models.layers import (RESIDUAL, Dropout, Mlp, RelativePositionBias, constrain,
                                     norm)
@@ -54,7 +54,7 @@ class Block(nn.Module):
     stream), and for decoder blocks of an encoder-decoder 'memory' [batch, m, d_model] (None
     when decoding from the cache) with 'memory_mask' [batch, 1, q, m]."""
     cfg = self.cfg
-    std = residual_init_std(cfg, self.num_layers)
+    scale = residual_init_scale(cfg, self.num_layers)
     drop = lambda y: Dropout(cfg.dropout)(y, deterministic=deterministic)
 
     def residual(x, name, sublayer):
@@ -72,7 +72,7 @@ class Block(nn.Module):
       kv = data.get('kv')
       if kv is not None and cfg.pre_ln:
         kv = ln(kv)
-      out, weights, layer_cache = MultiHeadAttention(cfg, std, name='attention')(
+      out, weights, layer_cache = MultiHeadAttention(cfg, scale, name='attention')(
           h, kv, mask=data['mask'], bias=data.get('bias'), deterministic=deterministic,
           cache=None if cache is None else cache['self'], cache_index=cache_index)
       if cache is not None:
@@ -82,7 +82,7 @@ class Block(nn.Module):
     def cross_attention(h, _):
       memory = data.get('memory')
       cached = None if cache is None or memory is not None else cache['cross']
-      out, _, kv = MultiHeadAttention(cfg, std, name='cross_attention')(
+      out, _, kv = MultiHeadAttention(cfg, scale, name='cross_attention')(
           h, memory, mask=data['memory_mask'], deterministic=deterministic, cache=cached)
       if cache is not None:
         new_cache['cross'] = kv
@@ -91,7 +91,7 @@ class Block(nn.Module):
     x = constrain(residual(x, 'attention', self_attention), RESIDUAL)
     if 'memory_mask' in data:  # a decoder block of an encoder-decoder
       x = constrain(residual(x, 'cross', cross_attention), RESIDUAL)
-    x = residual(x, 'mlp', lambda h, _: Mlp(cfg, std, name='mlp')(h, deterministic=deterministic))
+    x = residual(x, 'mlp', lambda h, _: Mlp(cfg, scale, name='mlp')(h, deterministic=deterministic))
     return constrain(x, RESIDUAL), weights, new_cache
 
 
@@ -149,6 +149,8 @@ class Stack(nn.Module):
       final_ln = norm(cfg, 'final_ln')
       x = final_ln(x)
       query = None if query is None else final_ln(query)
+    if cfg.final_dropout:  # T5 (HF T5Stack): the stack's output is dropped after its norm
+      x = Dropout(cfg.dropout)(x, deterministic=deterministic)
     if not return_intermediates:
       return StackOutput(hidden=x, cache=new_cache, query=query)
     return StackOutput(hidden=x, hidden_states=(*hidden_states, x), attentions=attentions,
