@@ -510,7 +510,8 @@ def test_finetune_seq2seq_from_imported_hf_checkpoint(directory, tmp_path):
   """--config.finetune.init_from=<HF T5 / BART directory> on a seq2seq task: its weights and
   vocabulary (kept in the workdir's hf_tokenizer/) train, decode, and reload for --mode=eval."""
   from research import finetune  # pylint: disable=g-import-not-at-top
-  from tests.test_finetune import finetune_cfg, seq2seq_dir  # pylint: disable=g-import-not-at-top
+  from tests.test_finetune import finetune_cfg  # pylint: disable=g-import-not-at-top
+  from tests.test_finetune_seq2seq import seq2seq_dir  # pylint: disable=g-import-not-at-top
   imported = convert.load(directory)
   config = finetune_cfg(seq2seq_dir(tmp_path / 'data'), directory, task__type='seq2seq',
                         task__metrics='bleu,chrf', task__max_target_len=8)
