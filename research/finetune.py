@@ -44,7 +44,7 @@ from research.models import task_model
 from research.models.config import ModelConfig
 from research.objectives.clm import CausalLM
 from research.objectives.prefix_lm import PrefixLM
-from research.objectives.seq2seq import Seq2SeqLM
+from research.objectives.seq2seq import Seq2SeqLM, start_id
 from research.objectives.unilm import MaskedSeq2Seq
 from research.tasks import encoding, features, losses, seq2seq
 from research.tasks.task import Task, load_task
@@ -203,7 +203,8 @@ def build(config: ml_collections.ConfigDict, workdir: str,
                                           config.task)
               for name, examples in task.splits.items()}
     model = task_model.TaskModel(model_cfg, task.type, task.num_outputs,
-                                 bilstm_size=ft_cfg.bilstm_size)
+                                 bilstm_size=ft_cfg.bilstm_size,
+                                 decoder_start_id=start_id(tok, model_cfg.decoder_start))
     objective = losses.TaskObjective(task.type, ft_cfg.lm_loss_weight
                                      if model_cfg.arch == 'decoder' else 0.0)
   config = _resolve(config, splits['train'].num_features)

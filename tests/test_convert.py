@@ -522,3 +522,38 @@ def test_finetune_seq2seq_from_imported_hf_checkpoint(directory, tmp_path):
   assert {'dev/bleu', 'dev/chrf', 'dev/loss'} <= set(results)
   assert (workdir / loading.HF_TOKENIZER_DIR / 'tokenizer.json').exists()
   assert finetune.evaluate_finetuned(config, str(workdir)) == results
+
+
+BART_CLS_DIR = os.path.join(FIXTURES, 'hf_bart_cls_tiny')
+
+
+def test_bart_sequence_classification_logits_equal_hf():
+  """HF BartForSequenceClassification: the decoder reads the input shifted right behind </s>,
+  the head (dense + tanh + out_proj) reads its state at the last </s>. TaskModel reproduces
+  the logits; the unshifted decoder input (what the task model read before) does not."""
+  from research.models.encoder_decoder import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  from research.models.finetune_heads import last_token  # pylint: disable=g-import-not-at-top
+  from research.models.task_model import TaskModel  # pylint: disable=g-import-not-at-top
+  imported, head = bart.load_classifier(BART_CLS_DIR)
+  ref = np.load(os.path.join(BART_CLS_DIR, 'reference.npz'))
+  assert (ref['attention_mask'] == 0).any()  # one row is right-padded
+  model = TaskModel(imported.cfg, 'classification', 3,
+                    decoder_start_id=imported.tokenizer.eos_id)
+  params = {'encoder_decoder': imported.params, **head}
+  ids, mask = jnp.asarray(ref['input_ids']), jnp.asarray(ref['attention_mask'])
+  logits = model.apply({'params': params}, ids[:, None], jnp.zeros_like(ids)[:, None],
+                       mask[:, None])['logits']
+  np.testing.assert_allclose(logits, ref['logits'], atol=1e-5)
+  hidden = EncoderDecoder(imported.cfg).apply({'params': imported.params}, ids, ids, mask, mask,
+                                              logits=False).hidden
+  pooled = jnp.tanh(last_token(hidden, mask) @ head['pooler']['kernel'] + head['pooler']['bias'])
+  unshifted = pooled @ head['head']['dense']['kernel'] + head['head']['dense']['bias']
+  assert np.abs(unshifted - ref['logits']).max() > 1e-2
+
+
+def test_encoder_decoder_task_model_needs_its_start_token():
+  from research.models.task_model import TaskModel  # pylint: disable=g-import-not-at-top
+  imported, _ = bart.load_classifier(BART_CLS_DIR)
+  ids = jnp.ones((1, 1, 4), jnp.int32)
+  with pytest.raises(ValueError, match='decoder_start_id'):
+    TaskModel(imported.cfg, 'classification', 3).init(jax.random.key(0), ids, ids, ids)

@@ -74,7 +74,7 @@ def test_gpt_classifier_reads_extract_token_and_ignores_padding():
 def test_task_model_shapes(arch, task_type, inputs, expected):
   model = task_model.TaskModel(CFG.replace(arch=arch), task_type,
                                3 if task_type != 'span' else 2,
-                               bilstm_size=4 if arch == 'decoder' else 0)
+                               bilstm_size=4 if arch == 'decoder' else 0, decoder_start_id=0)
   ids = jnp.ones(inputs, jnp.int32)
   params = task_model.init_params(model, 8, inputs[1] if len(inputs) == 3 else 1,
                                   jax.random.PRNGKey(0))

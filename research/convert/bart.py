@@ -165,6 +165,34 @@ def load(directory: str) -> hf.Imported:
   return hf.Imported(cfg, params, tokenizer)
 
 
+def classifier_rules(cfg: ModelConfig, num_labels: int) -> list[hf.Rule]:
+  """HF `BartClassificationHead` <-> TaskModel's `pooler` (dense + tanh) and `head` (out_proj)."""
+  d = cfg.d_model
+  return [hf.transposed('classification_head.dense.weight', 'pooler/kernel', (d, d), (d, d)),
+          hf.same('classification_head.dense.bias', 'pooler/bias'),
+          hf.transposed('classification_head.out_proj.weight', 'head/dense/kernel',
+                        (d, num_labels), (num_labels, d)),
+          hf.same('classification_head.out_proj.bias', 'head/dense/bias')]
+
+
+def load_classifier(directory: str) -> tuple[hf.Imported, dict]:
+  """Imports an HF `BartForSequenceClassification` directory: the model (as `load`) and its
+  classification head as the params of models/task_model.TaskModel's `pooler` and `head`
+  (TaskModel(cfg, 'classification', num_labels) then reproduces HF's logits)."""
+  imported = load(directory)
+  config = hf.read_config(directory)
+  num_labels = len(config.get('id2label') or {}) or config.get('num_labels', 3)
+  d = imported.cfg.d_model
+  template = {'pooler': {'kernel': np.zeros((d, d)), 'bias': np.zeros(d)},
+              'head': {'dense': {'kernel': np.zeros((d, num_labels)), 'bias': np.zeros(num_labels)}}}
+  head, absent = hf.apply_rules(hf.read_weights(directory),
+                                classifier_rules(imported.cfg, num_labels), template, directory)
+  if absent:
+    raise hf.ConversionError(f'{directory}: no classification_head in {hf.WEIGHTS_FILE}; is it '
+                             'a BartForSequenceClassification checkpoint?')
+  return imported, head
+
+
 def save(directory: str, cfg: ModelConfig, params: dict, tokenizer: HFTokenizer):
   """Writes an HF `BartForConditionalGeneration` directory (output layer tied to the embeddings,
   so not stored; final_logits_bias zeros)."""

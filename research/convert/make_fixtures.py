@@ -18,7 +18,7 @@ specials. Their `reference.npz` holds every encoder and decoder hidden state and
 fixed (padded) sources and targets, and 8 greedy tokens per source decoded by repeated full
 forward passes (no cache), which the cached generation of research/generate.py must equal.
 
-  python -m research.convert.make_fixtures [t5 t5v11 bart bert gpt2]   # default: all
+  python -m research.convert.make_fixtures [t5 t5v11 bart bart_cls bert gpt2]   # default: all
 
 It then checks the export direction once, with the real library: import with research.convert,
 export to a temporary directory, reload that with transformers and compare outputs.
@@ -240,6 +240,46 @@ def make_bart(directory: str) -> str:
   return directory
 
 
+def make_bart_classifier(directory: str) -> str:
+  """BartForSequenceClassification (3 labels) on hf_bart_tiny's vocabulary: the decoder reads
+  the input shifted right behind </s>, the head reads the decoder's state at the last </s>."""
+  os.makedirs(directory, exist_ok=True)
+  tok = transformers.BartTokenizer.from_pretrained(os.path.join(FIXTURES, 'hf_bart_tiny'))
+  tok.save_pretrained(directory)
+  config = transformers.BartConfig.from_pretrained(os.path.join(FIXTURES, 'hf_bart_tiny'),
+                                                   num_labels=3)
+  torch.manual_seed(5)
+  model = transformers.BartForSequenceClassification(config).eval()
+  perturb(model, 5)
+  with torch.no_grad():
+    for stack in (model.model.encoder, model.model.decoder):
+      stack.embed_positions.weight[:2] = 0
+  model.save_pretrained(directory)
+  input_ids, attention_mask = padded(tok, SOURCES)  # one </s> per row, as HF requires
+  with torch.no_grad():
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+  np.savez_compressed(os.path.join(directory, 'reference.npz'), input_ids=input_ids.numpy(),
+                      attention_mask=attention_mask.numpy(), logits=logits.numpy())
+  return directory
+
+
+def check_classifier_import(directory: str, module, hf_class):
+  """research.convert's import of the classifier reproduces transformers' logits."""
+  del hf_class  # the reference logits were computed by it
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research.models.task_model import TaskModel  # pylint: disable=g-import-not-at-top
+  imported, head = module.load_classifier(directory)
+  ref = np.load(os.path.join(directory, 'reference.npz'))
+  model = TaskModel(imported.cfg, 'classification', ref['logits'].shape[-1],
+                    decoder_start_id=imported.tokenizer.eos_id)
+  ids = jnp.asarray(ref['input_ids'])[:, None]
+  logits = model.apply({'params': {'encoder_decoder': imported.params, **head}}, ids,
+                       jnp.zeros_like(ids), jnp.asarray(ref['attention_mask'])[:, None])['logits']
+  diff = np.abs(np.asarray(logits) - ref['logits']).max()
+  print(f'{os.path.basename(directory)}: imported, classification logits max |diff| {diff:.2e}')
+  assert diff < 1e-5, diff
+
+
 def check_seq2seq_export(directory: str, module, hf_class):
   """research.convert import -> export -> transformers reload gives the original outputs."""
   imported = module.load(directory)
@@ -290,6 +330,9 @@ FIXTURE_MAKERS = {
               transformers.T5ForConditionalGeneration, check_seq2seq_export),
     'bart': ('hf_bart_tiny', make_bart, bart, transformers.BartForConditionalGeneration,
              check_seq2seq_export),
+    # After 'bart': reads hf_bart_tiny's vocabulary and config.
+    'bart_cls': ('hf_bart_cls_tiny', make_bart_classifier, bart,
+                 transformers.BartForSequenceClassification, check_classifier_import),
 }
 
 

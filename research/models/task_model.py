@@ -8,7 +8,13 @@ and NSP heads are discarded), `decoder` (the whole GPT tree; its tied embedding 
 the auxiliary LM loss of GPT-1 Sec 3.2) or `encoder_decoder` (the whole T5/BART tree). BART
 classifies by feeding "the same input to the encoder and decoder" and reading "the final
 hidden state of the final decoder token" (Lewis et al. 2020, Sec 3.1); decoders read their
-last token too (GPT-1 Sec 3.3). Only `head` (and `bilstm`) start from random weights.
+last token too (GPT-1 Sec 3.3). Only `head` (and `bilstm`, `pooler`) start from random weights.
+
+An encoder-decoder reads its input as HF `BartForSequenceClassification` and fairseq do: the
+encoder the input, the decoder the input shifted right behind the decoder's start token (the
+token it was pretrained to start from, eos for BART, pad for T5), and the sequence-level
+classifier the decoder's state at the last real token (the closing eos) through a tanh layer
+(`pooler`, their `classification_head.dense`) before the linear output (`out_proj`).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from research.models.encoder import Encoder
 from research.models.encoder_decoder import EncoderDecoder
 from research.models.finetune_heads import BiLstm, last_token
 from research.models.heads import ClassifierHead
-from research.models.layers import Dropout
+from research.models.layers import Dropout, dense_init, zeros_init
 
 # arch -> the backbone's name in the task model; `pretrained_backbone` maps the pretraining
 # model's params onto it.
@@ -41,6 +47,8 @@ class TaskModel(nn.Module):
   task_type: str  # research/tasks/task.py TASK_TYPES
   num_outputs: int  # classes / tags; 1 for regression and per-choice scores; 2 for spans
   bilstm_size: int = 0  # >0: BERT Table 5 (d) BiLSTM with this many units per direction
+  # encoder_decoder: the id of the decoder's start token (objectives/seq2seq.py `start_id`).
+  decoder_start_id: int | None = None
 
   @nn.compact
   def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic: bool = True):
@@ -61,7 +69,14 @@ class TaskModel(nn.Module):
       out = Decoder(cfg, name=name)(ids, mask, deterministic=deterministic)
       hidden, summary, lm_logits = out.hidden, last_token(out.hidden, mask), out.logits
     else:
-      out = EncoderDecoder(cfg, name=name)(ids, ids, mask, mask, deterministic=deterministic,
+      if self.decoder_start_id is None:
+        raise ValueError('an encoder_decoder TaskModel needs decoder_start_id (the decoder '
+                         "start token's id: objectives.seq2seq.start_id(tokenizer, "
+                         'cfg.decoder_start))')
+      shift = lambda x, start: jnp.concatenate(  # [N * V, L]: start, then x but its last
+          [jnp.full_like(x[:, :1], start), x[:, :-1]], axis=1)
+      out = EncoderDecoder(cfg, name=name)(ids, shift(ids, self.decoder_start_id), mask,
+                                           shift(mask, 1), deterministic=deterministic,
                                            logits=False)
       hidden, summary, lm_logits = out.hidden, last_token(out.hidden, mask), None
     if self.bilstm_size:
@@ -70,6 +85,11 @@ class TaskModel(nn.Module):
     drop = Dropout(cfg.dropout)  # BERT/GPT-1 fine-tune with dropout 0.1 before the head
     head = ClassifierHead(cfg, self.num_outputs, name='head')
     if sequence_level:
+      if cfg.arch == 'encoder_decoder':  # BART's classification_head.dense + tanh
+        pooler = nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name='pooler',
+                          kernel_init=dense_init(cfg.init_std, ('embed', 'mlp')),
+                          bias_init=zeros_init(('mlp',)))
+        summary = jnp.tanh(pooler(drop(summary, deterministic=deterministic)))  # [N * V, D]
       summary = summary.reshape(*lead, summary.shape[-1])  # [N, V, D]
       if self.task_type == 'multiple_choice':
         logits = head(drop(summary, deterministic=deterministic))[..., 0]  # [N, V]
