@@ -82,7 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.random_token_prob = 0.1  # 10% by a random token, 10% left unchanged
   c.objective.max_predictions_per_seq = 20  # google-research/bert default for 128 tokens
   c.objective.short_seq_prob = 0.1  # BERT: 10% of examples use a shorter target length
+  c.objective.ngram_prob = 0.2      # UniLM (unilm): 20% of masked units are bigrams/trigrams ...
+  c.objective.max_ngram = 3         # ... (Dong et al. 2019, Sec 2.2); 0.0 = single tokens only
   c.objective.partial_prediction = 6  # XLNet (plm): predict the last 1/K of each factorization order
+  c.objective.plm_bidirectional_context = True  # XLNet (plm): unpredicted tokens see each other
+                                    # both ways (xlnet `_local_perm`); False: causal over the order
   # T5 span corruption (Raffel et al. 2020, Sec 3.1.4): spans of ~3 tokens, 15% of the text,
   # each replaced by one of num_sentinels ids reserved above the tokenizer's vocabulary.
   c.objective.noise_density = 0.15

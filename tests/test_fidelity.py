@@ -159,3 +159,95 @@ def test_t5_drops_mlp_hidden_units_and_stack_outputs(family):
   assert stack_level(outputs) == ['decoder', 'encoder'], sorted(outputs)
   baseline = dropout_outputs(cfg.replace(mlp_dropout=False, final_dropout=False))
   assert not [p for p in baseline if '/mlp/' in p] and not stack_level(baseline)
+
+
+def xlnet_reference_masks(targets: np.ndarray, rank: np.ndarray):
+  """zihangdai/xlnet `_local_perm` without functional tokens: rev_index = -1 for the tokens
+  not predicted, the permutation rank for the predicted; i may not attend j iff j is predicted
+  and rev_index[i] (+1 unless i is predicted) <= rev_index[j]. The content stream also sees
+  itself. Returns (content, query) bool [L, L], True where i may attend j."""
+  rev = np.where(targets, rank, -1)
+  self_rev = np.where(targets, rev, rev + 1)
+  blocked = (self_rev[:, None] <= rev[None, :]) & targets[None, :]
+  query = ~blocked
+  return query | np.eye(len(targets), dtype=bool), query
+
+
+def test_xlnet_context_tokens_see_each_other_as_in_the_reference():
+  """The order our corruptor writes gives exactly the reference's masks: context tokens see
+  every context token both ways and no predicted one; a predicted token sees the context and
+  the predicted tokens before it (and itself in the content stream)."""
+  from research.models import masks  # pylint: disable=g-import-not-at-top
+  from research.objectives import plm  # pylint: disable=g-import-not-at-top
+  corrupt = plm.PermutationLM().corruptor(None, seq_len=24)
+  for seed in range(5):
+    row = corrupt({'input_ids': np.arange(24)}, np.random.default_rng(seed))
+    targets, order = row['mlm_weights'] > 0, jnp.asarray(row['order'])[None]
+    assert targets.sum() == 4
+    content, query = xlnet_reference_masks(targets, np.asarray(row['order']))
+    ours = lambda kind: np.asarray(masks.attention_mask(order, order, kind=kind))[0, 0]
+    np.testing.assert_array_equal(ours('causal'), content)
+    # Only the predicted tokens' query stream is read (the loss); the reference lets a context
+    # token's query see the context, ours nothing: neither reaches any output.
+    np.testing.assert_array_equal(ours('strictly_causal')[targets], query[targets])
+    context = ~targets
+    assert content[np.ix_(context, context)].all()  # both ways, unlike a causal order
+
+
+def test_xlnet_causal_context_switch_keeps_the_permutation():
+  from research.objectives import plm  # pylint: disable=g-import-not-at-top
+  corrupt = plm.PermutationLM(bidirectional_context=False).corruptor(None, seq_len=24)
+  row = corrupt({'input_ids': np.arange(24)}, np.random.default_rng(0))
+  assert sorted(row['order']) == list(range(24))
+
+
+def mean_run(chosen: np.ndarray) -> float:
+  """Mean length of the runs of consecutive chosen positions."""
+  edges = np.diff(np.concatenate([[0], chosen.astype(int), [0]]))
+  return chosen.sum() / (edges == 1).sum()
+
+
+@pytest.mark.parametrize('ngram_prob,low,high', [(0.0, 1.0, 1.1), (0.2, 1.15, 1.45),
+                                                 (1.0, 2.3, 2.7)])
+def test_unilm_masks_bigrams_and_trigrams(ngram_prob, low, high):
+  """UniLM Sec 2.2: a masked unit is one token 80% of the time, a bigram or trigram 20%: the
+  mean unit is 0.8 + 0.1 * 2 + 0.1 * 3 = 1.3 tokens (2.5 when every unit is an n-gram), and
+  the number of predictions is the same budget as BERT's."""
+  from research.objectives import mlm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  candidates = np.ones(2000, bool)
+  runs = []
+  for _ in range(20):
+    chosen = mlm.ngram_positions(candidates, 60, rng, ngram_prob=ngram_prob, max_ngram=3) \
+        if ngram_prob else mlm.mask_tokens(
+            np.arange(2000), candidates, rng, vocab_size=3000, mask_id=1, mask_prob=0.03,
+            mask_token_prob=0.8, random_token_prob=0.1, max_predictions=60)[2] > 0
+    assert chosen.sum() == 60
+    runs.append(mean_run(chosen))
+  assert low < np.mean(runs) < high, np.mean(runs)
+
+
+def test_unilm_objective_masks_ngrams_within_its_budget():
+  from research import objectives  # pylint: disable=g-import-not-at-top
+  from research.objectives import unilm  # pylint: disable=g-import-not-at-top
+  from configs import base  # pylint: disable=g-import-not-at-top
+  c = base.get_config().objective
+  c.name = 'unilm'
+  objective = objectives.from_config(c)
+  assert (objective.ngram_prob, objective.max_ngram) == (0.2, 3)
+
+  class Tok:  # our tokenizer's special ids, without a model file
+    pad_id, unk_id, bos_id, eos_id, cls_id, sep_id, mask_id = range(7)
+    vocab_size = 500
+    special_ids = tuple(range(7))
+  corrupt = unilm.UniLM(max_predictions=40).corruptor(Tok(), seq_len=256)
+  runs = []
+  for seed in range(20):
+    row = corrupt({'tokens': np.arange(10, 250)}, np.random.default_rng(seed))
+    predicted = row['mlm_weights'] > 0
+    assert predicted.sum() == 36  # round(240 * 0.15), under max_predictions
+    assert not predicted[row['input_ids'] == Tok.sep_id].any()
+    runs.append(mean_run(predicted))
+  # Mean run of masked positions over 20 rows: 1.16 with single tokens only (ngram_prob=0),
+  # 1.47 with UniLM's n-grams.
+  assert np.mean(runs) > 1.3

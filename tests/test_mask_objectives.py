@@ -234,4 +234,5 @@ def _objective_cfg(name):
   import ml_collections
   return ml_collections.ConfigDict({
       'name': name, 'mask_prob': 0.15, 'mask_token_prob': 0.8, 'random_token_prob': 0.1,
-      'max_predictions_per_seq': 5, 'short_seq_prob': 0.1, 'partial_prediction': 6})
+      'max_predictions_per_seq': 5, 'short_seq_prob': 0.1, 'partial_prediction': 6,
+      'plm_bidirectional_context': True, 'ngram_prob': 0.2, 'max_ngram': 3})

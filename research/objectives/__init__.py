@@ -43,9 +43,11 @@ def from_config(objective_cfg, model_cfg=None) -> Objective:
   if c.name == 'unilm':
     return UniLM(mask_prob=c.mask_prob, mask_token_prob=c.mask_token_prob,
                  random_token_prob=c.random_token_prob,
-                 max_predictions=c.max_predictions_per_seq, short_seq_prob=c.short_seq_prob)
+                 max_predictions=c.max_predictions_per_seq, short_seq_prob=c.short_seq_prob,
+                 ngram_prob=c.ngram_prob, max_ngram=c.max_ngram)
   if c.name == 'plm':
-    return PermutationLM(partial_prediction=c.partial_prediction)
+    return PermutationLM(partial_prediction=c.partial_prediction,
+                         bidirectional_context=c.plm_bidirectional_context)
   if c.name == 'clm':
     return CausalLM()
   if c.name == 'prefix_lm':

@@ -39,6 +39,8 @@ def mask_tokens(
     random_token_prob: float,
     max_predictions: int,
     special_ids: Sequence[int] = (),
+    ngram_prob: float = 0.0,
+    max_ngram: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Corrupts `input_ids` for MLM.
 
@@ -56,6 +58,9 @@ def mask_tokens(
     max_predictions: cap on predictions per sequence.
     special_ids: ... excluding these ids (a random [CLS] or <pad> inside text
       would teach nothing).
+    ngram_prob: > 0: UniLM's n-gram masking (`ngram_positions`); 0: single
+      tokens, a uniformly random subset (BERT).
+    max_ngram: the longest n-gram (UniLM: 3).
 
   Returns:
     masked_ids: int [..., L], the corrupted input.
@@ -69,12 +74,18 @@ def mask_tokens(
       max_predictions,
       np.maximum(1, np.round(num_candidates * mask_prob).astype(np.int64)))
 
-  # A uniformly random subset of num_to_predict candidates: give candidates a
-  # random key (others +inf) and keep the num_to_predict smallest keys.
-  keys = np.where(candidate_mask, rng.random(input_ids.shape), np.inf)
-  kth_key = np.take_along_axis(
-      np.sort(keys, axis=-1), num_to_predict - 1, axis=-1)  # [..., 1]
-  predict = (keys <= kth_key) & candidate_mask
+  if ngram_prob > 0:
+    rows = candidate_mask.reshape(-1, candidate_mask.shape[-1])
+    predict = np.stack([
+        ngram_positions(row, int(n), rng, ngram_prob=ngram_prob, max_ngram=max_ngram)
+        for row, n in zip(rows, num_to_predict.reshape(-1))]).reshape(candidate_mask.shape)
+  else:
+    # A uniformly random subset of num_to_predict candidates: give candidates a
+    # random key (others +inf) and keep the num_to_predict smallest keys.
+    keys = np.where(candidate_mask, rng.random(input_ids.shape), np.inf)
+    kth_key = np.take_along_axis(
+        np.sort(keys, axis=-1), num_to_predict - 1, axis=-1)  # [..., 1]
+    predict = (keys <= kth_key) & candidate_mask
 
   action = rng.random(input_ids.shape)
   to_mask = predict & (action < mask_token_prob)
@@ -92,6 +103,34 @@ def mask_tokens(
   targets = np.where(predict, input_ids, 0).astype(input_ids.dtype)
   weights = predict.astype(np.float32)
   return masked_ids, targets, weights
+
+
+def ngram_positions(candidate_mask: np.ndarray, num_to_predict: int, rng: np.random.Generator,
+                    *, ngram_prob: float, max_ngram: int) -> np.ndarray:
+  """UniLM v1 (Dong et al. 2019, Sec 2.2): "80% of the time we randomly mask one token each
+  time, and 20% of the time we mask a bigram or a trigram". As unilm-v1's loader
+  (`skipgram_prb`, `skipgram_size`): candidates are visited in random order; each starts a
+  single token or, with probability ngram_prob, an n-gram of n uniform in [2, max_ngram]
+  (its candidate positions), until num_to_predict positions are chosen; a random subset of
+  num_to_predict is kept if the last n-gram overshoots.
+
+  candidate_mask bool [L] -> bool [L], True at the chosen positions.
+  """
+  length = candidate_mask.shape[0]
+  chosen = np.zeros(length, bool)
+  for start in rng.permutation(np.flatnonzero(candidate_mask)):
+    if chosen.sum() >= num_to_predict:
+      break
+    if chosen[start]:
+      continue
+    n = int(rng.integers(2, max_ngram + 1)) if rng.random() < ngram_prob else 1
+    span = np.arange(start, min(start + n, length))
+    chosen[span[candidate_mask[span]]] = True
+  if chosen.sum() > num_to_predict:
+    keep = rng.choice(np.flatnonzero(chosen), num_to_predict, replace=False)
+    chosen[:] = False
+    chosen[keep] = True
+  return chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +151,9 @@ class MaskedLM(base.Objective):
   # The input may show a predicted token (BERT's unchanged 10%); XLNet's query stream never does.
   copyable_targets: ClassVar[bool] = True
   short_seq_prob: float = 0.1
+  # > 0: mask n-grams (ngram_positions; UniLM); BERT masks single tokens.
+  ngram_prob: float = 0.0
+  max_ngram: int = 1
 
   @property
   def name(self):
@@ -134,7 +176,8 @@ class MaskedLM(base.Objective):
     settings = dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                     mask_prob=self.mask_prob, mask_token_prob=self.mask_token_prob,
                     random_token_prob=self.random_token_prob,
-                    max_predictions=self.max_predictions, special_ids=tokenizer.special_ids)
+                    max_predictions=self.max_predictions, special_ids=tokenizer.special_ids,
+                    ngram_prob=self.ngram_prob, max_ngram=self.max_ngram)
     nsp_weight = np.float32(self.nsp)
 
     def corrupt(example, rng):

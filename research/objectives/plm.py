@@ -3,6 +3,11 @@
 For each row a factorization order z is sampled (a uniform permutation of the positions) and
 the model maximises log p(x_{z_t} | x_{z_<t}) for the last 1/K of the order only ("partial
 prediction", Sec 2.3, K = 6 by default), so every predicted token sees most of the sequence.
+As in the reference implementation (zihangdai/xlnet `data_utils._local_perm`), the context
+tokens (those not predicted) all share the first place of the order (rank -1 there, 0 here):
+they see each other both ways and never a predicted token, and the predicted ones follow in
+z's order. `bidirectional_context=False` keeps the whole sequence causal over z instead (also
+valid under Eq. 5, with less context for the tokens read first).
 The content stream h reads tokens in z order (a key is seen iff it comes no later in z:
 mask kind 'causal' over `order`); the query stream g, started from a learned vector w
 embedded at the target's position as a token would be, sees strictly earlier tokens and never
@@ -38,6 +43,7 @@ class PermutationLM(mlm.MaskedLM):
   name = 'plm'
   nsp: bool = False
   partial_prediction: int = 6  # K: predict the last len/K tokens of each order
+  bidirectional_context: bool = True  # the unpredicted tokens read each other both ways
   copyable_targets = False  # the query stream never sees the token it predicts
 
   def examples(self, tokenizer, documents_ids, *, seq_len, seed):
@@ -55,6 +61,8 @@ class PermutationLM(mlm.MaskedLM):
     def corrupt(example, rng):
       order = rng.permutation(seq_len).astype(np.int32)  # position i is read at step order[i]
       weights = (order >= seq_len - predicted).astype(np.float32)
+      if self.bidirectional_context:  # the context shares place 0; the predicted keep theirs
+        order = np.where(weights > 0, order, 0).astype(np.int32)
       return {**example, 'order': order, 'mlm_targets': example['input_ids'],
               'mlm_weights': weights}
     return corrupt

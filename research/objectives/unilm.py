@@ -14,6 +14,8 @@ inside the prefix. The segment embeddings double as the LM identifier ("we use d
 segment embeddings for different LM objectives", Sec 2.1; unilm-v1's token types 0-5), so a
 UniLM model has type_vocab_size 6. A and B are two contiguous pieces of one text cut at a
 random point each epoch (the unidirectional rows read them as one stream); NSP is left out.
+The masked positions are single tokens 80% of the time and bigrams or trigrams 20% (Sec 2.2;
+mlm.ngram_positions); ngram_prob=0 masks single tokens only, as BERT.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class UniLM(mlm.MaskedLM):
   (index into KINDS, for per-objective metrics)."""
   name = 'unilm'
   nsp: bool = False
+  ngram_prob: float = 0.2
+  max_ngram: int = 3
 
   def examples(self, tokenizer, documents_ids, *, seq_len, seed):
     segments = nsp.make_nsp_examples(documents_ids, np.random.default_rng(seed),
