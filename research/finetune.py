@@ -159,6 +159,8 @@ def build(config: ml_collections.ConfigDict, workdir: str,
   (loading.Loaded, else None)."""
   mesh = sharding.make_mesh(config.mesh)
   task = load_task(config.task)
+  if task.dropped.total and jax.process_index() == 0:  # once per run (readers.DroppedRows)
+    logging.warning('%s', task.dropped.message())
   model_cfg, tok, loaded = _architecture(config, workdir, task, mesh, need_params)
   model_cfg.check_length(config.data.max_seq_len)
   ft_cfg = config.finetune
@@ -432,6 +434,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
                        arch=ft.model_cfg.arch, init_from=config.finetune.init_from,
                        params=state_lib.param_count(state.params),
                        train_examples=len(ft.task.splits['train']),
+                       **ft.task.dropped.log_fields(),
                        **(ft.task.dev_split.log_fields() if ft.task.dev_split else {}),
                        **{f'baseline/{k}': v for k, v in baseline.items()})
   else:
