@@ -18,6 +18,12 @@ it: `--signal=B:TERM@<--slurm_signal_seconds>` has SLURM send the script SIGTERM
 before the time limit; the script passes it to the run, which finishes its step, saves it and
 exits with 143 (research/main.py); on 143 the script requeues its array task, which resumes
 from that checkpoint (`--requeue` also lets SLURM requeue a preempted task by itself).
+A multi-node run that loses a node ends on the survivors with exit status 75
+(research/multihost.py), or 134 when JAX's coordination service aborts them (process 0 lost,
+or a node silent for its heartbeat timeout), or 137 (a task SIGKILLed): the script requeues
+those too while the task has been restarted fewer than --slurm_failure_restarts times
+(SLURM_RESTART_COUNT), so a lost node costs a restart from the newest checkpoint, and a run
+that keeps crashing still stops.
 """
 from __future__ import annotations
 
@@ -205,12 +211,13 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
 
 def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_per_node: int = 0,
                  cpus_per_task: int = 8, time_limit: str = '24:00:00', partition: str = '',
-                 max_parallel: int = 0, signal_seconds: int = 300,
+                 max_parallel: int = 0, signal_seconds: int = 300, failure_restarts: int = 3,
                  python: str = sys.executable) -> str:
   """A SLURM array job: array task i runs specs[i] with srun on `nodes` nodes (with this
   Python by default: clusters share the file system the sweep was generated on). SIGTERM
   `signal_seconds` before the time limit (or on preemption) stops the run at a checkpoint
-  and requeues the task (module docstring)."""
+  and requeues the task; so does a lost process, up to `failure_restarts` restarts (module
+  docstring)."""
   throttle = f'%{max_parallel}' if max_parallel else ''
   header = [
       '#!/bin/bash',
@@ -259,6 +266,16 @@ def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_pe
       '  echo "[sweep] the run stopped at a checkpoint; requeueing it"',
       '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
       'fi',
+      '# A lost process (75), JAX\'s abort on a lost peer (134), a SIGKILLed task (137): the',
+      '# run resumes from its newest checkpoint; a few times, so a run that keeps crashing stops.',
+      'restarts=${SLURM_RESTART_COUNT:-0}',
+      'case "$status" in 75|134|137)',
+      f'  if [ "$restarts" -lt {failure_restarts} ]; then',
+      f'    echo "[sweep] the run lost a process (exit status $status); requeueing it (restart '
+      f'$((restarts + 1)) of {failure_restarts})"',
+      '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+      '  fi ;;',
+      'esac',
       'exit "$status"',
   ]
   return '\n'.join(header + [''] + body) + '\n'
@@ -280,6 +297,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='array tasks running at once (0: no limit)')
   p.add_argument('--slurm_signal_seconds', type=int, default=300,
                  help='SIGTERM this long before the time limit: the run saves and is requeued')
+  p.add_argument('--slurm_failure_restarts', type=int, default=3,
+                 help='requeues of a run that lost a process (exit status 75, 134 or 137)')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   return p.parse_args(argv)
 
@@ -303,7 +322,8 @@ def main(argv=None):
                              cpus_per_task=args.slurm_cpus_per_task, time_limit=args.slurm_time,
                              partition=args.slurm_partition,
                              max_parallel=args.slurm_max_parallel,
-                             signal_seconds=args.slurm_signal_seconds))
+                             signal_seconds=args.slurm_signal_seconds,
+                             failure_restarts=args.slurm_failure_restarts))
       print(f'[sweep] wrote {args.slurm}: sbatch {args.slurm}')
     return
   try:

@@ -189,14 +189,17 @@ for i in $(seq 600); do sleep 0.05; done
 FAKE_SCONTROL = '#!/bin/bash\necho "scontrol $*" >> "$FAKE_LOG"\n'
 
 
-@pytest.mark.parametrize('case,fake_exit,requeued,status', [
-    ('SIGTERM to the script', '', True, 0),  # --signal=B:TERM before the time limit
-    ('run preempted directly', '143', True, 0),  # SLURM signalled the run itself
-    ('run finished', '0', False, 0),
-    ('bad input', '2', False, 2),
+@pytest.mark.parametrize('case,fake_exit,restarts,requeued,status', [
+    ('SIGTERM to the script', '', '', True, 0),  # --signal=B:TERM before the time limit
+    ('run preempted directly', '143', '5', True, 0),  # SLURM signalled the run itself
+    ('run finished', '0', '', False, 0),
+    ('bad input', '2', '', False, 2),
+    ('lost process', '75', '', True, 0),  # research/multihost.py
+    ('JAX abort on a lost coordinator', '134', '2', True, 0),
+    ('lost process again and again', '75', '3', False, 75),  # --slurm_failure_restarts=3
 ])
-def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exit, requeued,
-                                                       status):
+def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exit, restarts,
+                                                       requeued, status):
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
@@ -210,7 +213,8 @@ def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exi
   job = subprocess.Popen(['bash', str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env={**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
                                          'SLURM_ARRAY_JOB_ID': '77', 'SLURM_ARRAY_TASK_ID': '0',
-                                         'FAKE_LOG': str(log), 'FAKE_EXIT': fake_exit})
+                                         'FAKE_LOG': str(log), 'FAKE_EXIT': fake_exit,
+                                         'SLURM_RESTART_COUNT': restarts})
   if not fake_exit:
     while 'started' not in log.read_text():
       assert job.poll() is None, job.stdout.read()
