@@ -8,7 +8,11 @@ Each run gets a readable workdir `<root>/<key=value,...>` named after the overri
 vary across the sweep (e.g. `task=sentiment,setting=mlm,seed=1`). A run is finished when its
 final checkpoint exists (`checkpoints/<train.steps>` of its resolved config.json, written last
 by research/train.py and research/finetune.py); re-running the sweep skips finished runs and
-starts the others, which resume from their latest checkpoint by themselves.
+starts the others (failed or unfinished), which resume from their latest checkpoint by
+themselves. A local run that fails (bad hyperparameter, loss not finite, killed) does not stop
+the others: each run's exit is recorded in its workdir (launch/outcome.py), the sweep lists the
+failed runs with their last error line at the end and exits with status 1, and
+launch/collect.py lists them under the table.
 
 --slurm writes an array job, one array task per unfinished run: `srun python -m research.main`
 with the run's arguments, so a run may span several nodes (--slurm_nodes): srun starts one
@@ -30,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -41,7 +44,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from launch import stop_signals
+from launch import outcome, stop_signals
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,16 +147,6 @@ def default_root(config: str) -> str:
   return os.path.join('runs', name + (f'-{_format_value(arg)}' if arg else ''))
 
 
-def is_finished(workdir: str) -> bool:
-  """The run's final checkpoint (step = train.steps of its resolved config.json) exists."""
-  try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      steps = json.load(f)['train']['steps']
-  except (OSError, ValueError, KeyError):
-    return False
-  return os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps)))
-
-
 def compilation_cache_env(specs: Sequence[RunSpec]) -> dict[str, str]:
   """The environment of a local sweep's runs: JAX's persistent compilation cache in
   `<root>/.jax_cache`, shared by the runs (unless JAX_COMPILATION_CACHE_DIR is set). Seeds of
@@ -178,14 +171,15 @@ class Stopped(Exception):
 
 def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
   """Runs each spec as a subprocess (at most `parallel` at once, sharing a compilation
-  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name.
+  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name
+  (Popen's: -S for a run killed by signal S) and records it in the workdir (launch/outcome.py).
 
   SIGTERM (`kill`, a scheduler) or SIGINT (Ctrl-C) starts no further run, passes the signal
   to the running ones (research/loop.py: each finishes its step, saves a checkpoint and
   exits), waits for them, then raises `Stopped`."""
   pending, running, status = list(specs), {}, {}
   env = compilation_cache_env(specs)
-  with stop_signals.passed_on(lambda: (p for p, _, _ in running.values())) as stops:
+  with stop_signals.passed_on(lambda: (r[0] for r in running.values())) as stops:
     while (pending and not stops) or running:
       while pending and not stops and len(running) < parallel:
         spec = pending.pop(0)
@@ -193,15 +187,20 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
         log = open(os.path.join(spec.workdir, 'log.txt'), 'a')
         print(f'[sweep] start {spec.name}', flush=True)
         running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log, env=env,
-                                               stderr=subprocess.STDOUT), log, time.time())
-      for name, (process, log, start) in list(running.items()):
+                                               stderr=subprocess.STDOUT), log, time.time(),
+                              spec.workdir, log.tell())
+      for name, (process, log, start, workdir, offset) in list(running.items()):
         if process.poll() is None:
           continue
         log.close()
-        status[name] = process.returncode
-        outcome = ('done' if process.returncode == 0 else 'stopped' if stops
-                   else f'FAILED ({process.returncode})')
-        print(f'[sweep] {outcome} {name} in {time.time() - start:.0f}s', flush=True)
+        status[name] = code = process.returncode
+        with open(log.name, errors='replace') as f:  # this attempt's output only
+          f.seek(offset)
+          printed = f.read()
+        outcome.record(workdir, code, printed)
+        result = ('done' if code == 0 else 'stopped' if stops
+                  else f'FAILED ({outcome.describe_exit(code, printed)})')
+        print(f'[sweep] {result} {name} in {time.time() - start:.0f}s', flush=True)
         del running[name]
       time.sleep(0.2)
   if stops:
@@ -307,9 +306,12 @@ def main(argv=None):
   args = parse_args(argv)
   root = os.path.abspath(args.root or default_root(args.config))
   specs = expand(args.config, root, load_sweep(args.config))
-  todo = [s for s in specs if not is_finished(s.workdir)]
+  outcomes = {s.name: outcome.read(s.workdir) for s in specs}
+  todo = [s for s in specs if outcomes[s.name].state != outcome.FINISHED]
+  failed_before = sum(outcomes[s.name].state == outcome.FAILED for s in todo)
   print(f'[sweep] {len(specs)} runs in {root}: {len(specs) - len(todo)} finished, '
-        f'{len(todo)} to run', flush=True)
+        f'{len(todo)} to run ({failed_before} failed before, {len(todo) - failed_before} '
+        'unfinished)', flush=True)
   if args.dry_run or not (args.local or args.slurm):
     for spec in todo:
       print(shlex.join(spec.command()))
@@ -330,9 +332,11 @@ def main(argv=None):
     status = run_local(todo, args.parallel)
   except Stopped as stopped:
     sys.exit(f'[sweep] {stopped}')
-  failed = [name for name, code in status.items() if code]
+  failed = {s.name: outcome.read(s.workdir) for s in todo if status.get(s.name)}
   if failed:
-    print(f'[sweep] {len(failed)} runs failed (see their log.txt): {", ".join(failed)}')
+    print(f'[sweep] {len(failed)} of {len(specs)} runs failed (more in {root}/<run>/log.txt; '
+          'the same command retries the failed and unfinished runs only):')
+    print(outcome.table(failed), end='')
     sys.exit(1)
 
 

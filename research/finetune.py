@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from research import (checkpointing, flops, generate, loading, loop, models, optim, reporting,
                       sharding, state as state_lib, steps)
+from research import atomic_file  # predictions: whole or not at all
 from research.data import tokenizer as tokenizer_lib
 from research.models import task_model
 from research.models.config import ModelConfig
@@ -334,8 +335,7 @@ def _write_predictions(ft: FineTune, split_name: str, predictions: list):
   directory = os.path.join(ft.workdir, 'predictions')
   os.makedirs(directory, exist_ok=True)
   rows = features.prediction_rows(ft.task, ft.splits[split_name], predictions)
-  with open(os.path.join(directory, f'{split_name}.tsv'), 'w', encoding='utf-8') as f:
-    f.write('\n'.join(rows) + '\n')
+  atomic_file.write_text(os.path.join(directory, f'{split_name}.tsv'), '\n'.join(rows) + '\n')
 
 
 def _final_eval(ft: FineTune, evaluate, params, reporter, step: int) -> dict[str, float]:
