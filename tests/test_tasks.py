@@ -541,7 +541,7 @@ def test_malformed_tsv_rows_are_counted_with_their_lines_or_with_strict_an_error
   assert task.dropped.counts == {train: 3} and task.dropped.read == {
       train: 5, str(tmp_path / 'dev.tsv'): 2}
   assert task.dropped.first == [
-      f'{train}:3: 1 fields where the header has 2 (dropped)',
+      f'{train}:3: 1 field where the header has 2 (dropped)',
       f'{train}:5: 3 fields where the header has 2 (repaired: the extra fields ignored)',
       f"{train}:6: empty 'sentence' (dropped)"]
   message = task.dropped.message()
@@ -551,7 +551,7 @@ def test_malformed_tsv_rows_are_counted_with_their_lines_or_with_strict_an_error
                                        'dropped_rows_first': task.dropped.first}
   with pytest.raises(readers.TaskDataError) as error:
     load_task(task_config(format='tsv', data_dir=str(tmp_path), strict=True))
-  assert str(error.value).startswith(f'{train}:3: 1 fields where the header has 2; fix or '
+  assert str(error.value).startswith(f'{train}:3: 1 field where the header has 2; fix or '
                                      'delete that row')
   clean = load_task(task_config(format='tsv', data_dir=str(tmp_path), train=str(
       tmp_path / 'dev.tsv'), strict=True))
@@ -589,7 +589,7 @@ def test_jsonl_record_missing_a_column_and_conll_line_without_tag(tmp_path):
   assert [e.words for e in tagging.splits['train']] == [('A', 'b'), ('E',)]
   assert tagging.dropped.first == [
       f"{conll}:5: expected \"token<TAB>tag\", got 'lost' (its sentence dropped)"]
-  assert tagging.dropped.message().startswith(f'task data: 1 malformed records dropped or '
+  assert tagging.dropped.message().startswith(f'task data: 1 malformed record dropped or '
                                               f'repaired ({conll}: 1 of 3)')
   with pytest.raises(readers.TaskDataError, match=f'{conll}:5: expected'):
     load_task(task_config(format='conll', data_dir=str(tmp_path / 'c'), strict=True))

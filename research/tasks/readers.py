@@ -76,7 +76,8 @@ class DroppedRows:
       return ''
     files = '; '.join(f'{path}: {n} of {self.read.get(path, n)}'
                       for path, n in self.counts.items())
-    return (f'task data: {self.total} malformed records dropped or repaired ({files}); first: '
+    records = 'record' if self.total == 1 else 'records'
+    return (f'task data: {self.total} malformed {records} dropped or repaired ({files}); first: '
             f'{" | ".join(self.first)}; --config.task.strict=True makes them an error')
 
   def log_fields(self) -> dict[str, Any]:
@@ -140,7 +141,8 @@ def read_delimited(path: str, drops: DroppedRows, *, header: bool = True,
   kept = []
   for row, line in rows:
     if len(row) != len(columns):
-      problem = f'{len(row)} fields where the header has {len(columns)}'
+      problem = (f'{len(row)} field{"" if len(row) == 1 else "s"} where the header has '
+                 f'{len(columns)}')
       if len(row) < len(columns):
         drops.add(path, line, problem)
         continue
