@@ -329,14 +329,16 @@ def main(argv=None):
       print(f'[sweep] wrote {args.slurm}: sbatch {args.slurm}')
     return
   try:
-    status = run_local(todo, args.parallel)
+    run_local(todo, args.parallel)  # each run's outcome is read back from its workdir
   except Stopped as stopped:
     sys.exit(f'[sweep] {stopped}')
-  failed = {s.name: outcome.read(s.workdir) for s in todo if status.get(s.name)}
-  if failed:
-    print(f'[sweep] {len(failed)} of {len(specs)} runs failed (more in {root}/<run>/log.txt; '
-          'the same command retries the failed and unfinished runs only):')
-    print(outcome.table(failed), end='')
+  ended = {s.name: outcome.read(s.workdir) for s in todo}
+  failed = sum(o.state == outcome.FAILED for o in ended.values())
+  unfinished = sum(o.state == outcome.UNFINISHED for o in ended.values())
+  if failed or unfinished:
+    print(f'[sweep] {failed} of {len(specs)} runs failed, {unfinished} unfinished (more in '
+          f'{root}/<run>/log.txt; the same command retries these only):')
+    print(outcome.table(ended), end='')
     sys.exit(1)
 
 

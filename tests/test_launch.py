@@ -459,7 +459,7 @@ def test_sweep_with_failing_runs_finishes_the_others_lists_them_and_retries_only
   assert exit_info.value.code == 1
   out = capsys.readouterr().out
   assert '4 runs in' in out and '0 finished, 4 to run' in out
-  assert '[sweep] 3 of 4 runs failed' in out
+  assert '[sweep] 3 of 4 runs failed, 0 unfinished' in out
   assert ('| task=a,seed=1 | failed | 2 | error: --config.optim.learning_rate=-1: must be > 0 |'
           in out)
   assert '| task=b,seed=0 | failed | 2 | error: training stopped at step 7' in out
