@@ -52,9 +52,11 @@ def last_error_line(log: str) -> str:
 
 def describe_exit(status: int, log: str) -> str:
   """Why a run with exit `status` (Popen's: -S for death by signal S) ended."""
-  if status < 0:
-    return f'killed by {signal.Signals(-status).name}'
-  return last_error_line(log) or f'exit status {status} (no error line in its log)'
+  line = last_error_line(log)
+  if status < 0:  # JAX's abort (SIGABRT) says why in its F line; SIGKILL leaves no line
+    killed = f'killed by {signal.Signals(-status).name}'
+    return f'{killed}: {line}' if line else killed
+  return line or f'exit status {status} (no error line in its log)'
 
 
 def record(workdir: str, status: int, log: str) -> None:

@@ -531,3 +531,14 @@ def test_half_written_metrics_line_is_skipped_and_the_run_is_not_finished(tmp_pa
   reporter.close()
   lines = metrics.read_text().splitlines()
   assert [json.loads(line) for line in lines] == [*records, {'step': 5, 'event': 'resumed'}]
+
+
+def test_a_runs_last_error_line():
+  traceback = 'step 3/10 | ...\nTraceback (most recent call last):\n  File "x.py"\nKeyError: \'a\'\n'
+  assert outcome.describe_exit(1, traceback) == "KeyError: 'a'"
+  jax_abort = ('F1208 00:10:42.513428 7377 client.h:80] Terminating process because the JAX '
+               'distributed service detected fatal errors.\n    @ 0x7ffa18e40634 absl::...\n')
+  assert outcome.describe_exit(-6, jax_abort).startswith('killed by SIGABRT: F1208 00:10:42')
+  assert outcome.describe_exit(-9, 'step 3/10 | ...\n') == 'killed by SIGKILL'
+  assert outcome.describe_exit(2, 'error: a\nerror: b\n') == 'error: b'
+  assert outcome.describe_exit(1, 'nothing\n') == 'exit status 1 (no error line in its log)'
