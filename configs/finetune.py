@@ -76,6 +76,7 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.task.source_column = 'source'   # seq2seq: the input text's column
   c.task.target_column = 'target'   # seq2seq: the output text's column (a test file may lack it: unlabelled)
   c.task.max_target_len = 0         # seq2seq: target tokens (0: encoder_decoder max_seq_len, decoder half of it)
+  c.task.strict = False             # True: a malformed data row (too few fields, a missing column, an empty text) is an error naming file:line; False: dropped, counted and reported
   c.task.header = True              # TSV/CSV: first row names the columns; False: columns are 0-based indices
   c.task.labels = ''                # comma-separated class names (order = logit order); '' = num_labels or inferred from train
   c.task.num_labels = 0             # >0: classes are '0'..'num_labels-1'

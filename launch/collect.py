@@ -9,6 +9,12 @@ coordinates. A run's value is the last record in its metrics.jsonl holding the f
 grouped by the `--rows` and `--cols` keys and aggregated over every other key (so list every
 varying key but the seed in --rows); runs without a `--cols` key (e.g. pretraining runs in
 the same root) are skipped. Cells read `mean ± std (n)` with n the number of runs (seeds).
+
+Only finished runs count (their final checkpoint exists; launch/outcome.py): a run killed or
+still running, whatever its metrics.jsonl holds so far, is listed under the table as
+unfinished, and a failed run with its exit status and last error line; the command then exits
+with status 1 if any run failed. A record a kill left half-written at the end of a
+metrics.jsonl is skipped; table.md is written whole (write-then-rename).
 """
 from __future__ import annotations
 
@@ -20,12 +26,16 @@ import statistics
 import sys
 from collections.abc import Sequence
 
+from launch import outcome as outcome_lib
+from research import atomic_file
+
 
 @dataclasses.dataclass
 class Run:
   name: str
   params: dict[str, str]
   records: list[dict]
+  outcome: outcome_lib.Outcome
 
 
 @dataclasses.dataclass
@@ -50,15 +60,29 @@ def parse_name(name: str) -> dict[str, str]:
   return dict(item.split('=', 1) for item in name.split(',') if '=' in item)
 
 
+def read_records(path: str) -> list[dict]:
+  """The records of an append-only metrics.jsonl; a line that is not whole JSON (a kill while
+  it was written) is skipped."""
+  records = []
+  with open(path, errors='replace') as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
+
+
 def load_runs(root: str) -> list[Run]:
+  """Every run directory under `root` that has metrics or a recorded outcome."""
   runs = []
   for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name, 'metrics.jsonl')
-    if not os.path.exists(path):
+    workdir = os.path.join(root, name)
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if not (os.path.exists(path) or os.path.exists(os.path.join(workdir, outcome_lib.RECORD))):
       continue
-    with open(path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    runs.append(Run(name, parse_name(name), records))
+    records = read_records(path) if os.path.exists(path) else []
+    runs.append(Run(name, parse_name(name), records, outcome_lib.read(workdir)))
   return runs
 
 
@@ -72,10 +96,11 @@ def final_value(records: Sequence[dict], metrics: Sequence[str]) -> float | None
 
 def aggregate(runs: Sequence[Run], rows: Sequence[str], col: str, metrics: Sequence[str],
               scale: float = 1.0) -> dict[tuple, dict[str, Cell]]:
-  """{row key tuple: {column value: Cell}} over runs that have the column key and a value."""
+  """{row key tuple: {column value: Cell}} over finished runs that have the column key and a
+  value."""
   table: dict[tuple, dict[str, Cell]] = {}
   for run in runs:
-    if col not in run.params:
+    if col not in run.params or run.outcome.state != outcome_lib.FINISHED:
       continue
     value = final_value(run.records, metrics)
     if value is None:
@@ -141,16 +166,23 @@ def main(argv=None):
   p.add_argument('--plot', help='PNG file for the bar chart')
   args = p.parse_args(argv)
   rows, metrics = args.rows.split(','), args.metric.split(',')
-  table = aggregate(load_runs(args.root), rows, args.cols, metrics, args.scale)
-  if not table:
+  runs = load_runs(args.root)
+  table = aggregate(runs, rows, args.cols, metrics, args.scale)
+  others = {run.name: run.outcome for run in runs
+            if run.outcome.state != outcome_lib.FINISHED}
+  if not table and not others:
     sys.exit(f'no run under {args.root} has a {args.cols}= key and one of {metrics}')
-  text = markdown(table, rows)
+  text = markdown(table, rows) if table else '(no finished run yet)\n'
+  if others:
+    text += '\nNot in the table (the same sweep command retries these):\n\n' + outcome_lib.table(
+        others)
   print(text)
   if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text)
+    atomic_file.write_text(args.out, text)
   if args.plot:
     plot(table, args.plot, ylabel=args.metric)
+  if any(o.state == outcome_lib.FAILED for o in others.values()):
+    sys.exit(1)
 
 
 if __name__ == '__main__':

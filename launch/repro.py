@@ -21,7 +21,8 @@ import shlex
 import sys
 import time
 
-from launch import collect, sweep
+from launch import collect, outcome, sweep
+from research import atomic_file
 
 def _load_recipe(path: str):
   spec = importlib.util.spec_from_file_location('recipe', path)
@@ -144,7 +145,7 @@ def main(argv=None):
   for stage in ('pretrain', 'finetune'):
     config = _with_stage(args.config, stage)
     specs = sweep.expand(config, root, sweep.load_sweep(config))
-    todo = [s for s in specs if not sweep.is_finished(s.workdir)]
+    todo = [s for s in specs if not outcome.is_finished(s.workdir)]
     print(f'[repro] {stage}: {len(specs)} runs, {len(todo)} to run', flush=True)
     finished[stage] = (len(specs) - len(todo), len(specs))
     if args.dry_run:
@@ -187,8 +188,7 @@ def main(argv=None):
       f'Beside the paper ({recipe.PAPER_NAME}):', '',
       comparison(recipe, table),
       pretraining_rows(root)])
-  with open(os.path.join(root, 'table.md'), 'w') as f:
-    f.write(text)
+  atomic_file.write_text(os.path.join(root, 'table.md'), text)
   # Perplexities (lower is better, another scale) stay out of the bar chart.
   bars = {row: {c: v for c, v in cells.items() if 'perplexity' not in c}
           for row, cells in table.items()}

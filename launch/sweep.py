@@ -8,7 +8,11 @@ Each run gets a readable workdir `<root>/<key=value,...>` named after the overri
 vary across the sweep (e.g. `task=sentiment,setting=mlm,seed=1`). A run is finished when its
 final checkpoint exists (`checkpoints/<train.steps>` of its resolved config.json, written last
 by research/train.py and research/finetune.py); re-running the sweep skips finished runs and
-starts the others, which resume from their latest checkpoint by themselves.
+starts the others (failed or unfinished), which resume from their latest checkpoint by
+themselves. A local run that fails (bad hyperparameter, loss not finite, killed) does not stop
+the others: each run's exit is recorded in its workdir (launch/outcome.py), the sweep lists the
+failed runs with their last error line at the end and exits with status 1, and
+launch/collect.py lists them under the table.
 
 --slurm writes an array job, one array task per unfinished run: `srun python -m research.main`
 with the run's arguments, so a run may span several nodes (--slurm_nodes): srun starts one
@@ -18,13 +22,18 @@ it: `--signal=B:TERM@<--slurm_signal_seconds>` has SLURM send the script SIGTERM
 before the time limit; the script passes it to the run, which finishes its step, saves it and
 exits with 143 (research/main.py); on 143 the script requeues its array task, which resumes
 from that checkpoint (`--requeue` also lets SLURM requeue a preempted task by itself).
+A multi-node run that loses a node ends on the survivors with exit status 75
+(research/multihost.py), or 134 when JAX's coordination service aborts them (process 0 lost,
+or a node silent for its heartbeat timeout), or 137 (a task SIGKILLed): the script requeues
+those too while the task has been restarted fewer than --slurm_failure_restarts times
+(SLURM_RESTART_COUNT), so a lost node costs a restart from the newest checkpoint, and a run
+that keeps crashing still stops.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -35,7 +44,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from launch import stop_signals
+from launch import outcome, stop_signals
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,16 +147,6 @@ def default_root(config: str) -> str:
   return os.path.join('runs', name + (f'-{_format_value(arg)}' if arg else ''))
 
 
-def is_finished(workdir: str) -> bool:
-  """The run's final checkpoint (step = train.steps of its resolved config.json) exists."""
-  try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      steps = json.load(f)['train']['steps']
-  except (OSError, ValueError, KeyError):
-    return False
-  return os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps)))
-
-
 def compilation_cache_env(specs: Sequence[RunSpec]) -> dict[str, str]:
   """The environment of a local sweep's runs: JAX's persistent compilation cache in
   `<root>/.jax_cache`, shared by the runs (unless JAX_COMPILATION_CACHE_DIR is set). Seeds of
@@ -172,14 +171,15 @@ class Stopped(Exception):
 
 def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
   """Runs each spec as a subprocess (at most `parallel` at once, sharing a compilation
-  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name.
+  cache), output appended to `<workdir>/log.txt`; returns the exit status of each run by name
+  (Popen's: -S for a run killed by signal S) and records it in the workdir (launch/outcome.py).
 
   SIGTERM (`kill`, a scheduler) or SIGINT (Ctrl-C) starts no further run, passes the signal
   to the running ones (research/loop.py: each finishes its step, saves a checkpoint and
   exits), waits for them, then raises `Stopped`."""
   pending, running, status = list(specs), {}, {}
   env = compilation_cache_env(specs)
-  with stop_signals.passed_on(lambda: (p for p, _, _ in running.values())) as stops:
+  with stop_signals.passed_on(lambda: (r[0] for r in running.values())) as stops:
     while (pending and not stops) or running:
       while pending and not stops and len(running) < parallel:
         spec = pending.pop(0)
@@ -187,15 +187,20 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
         log = open(os.path.join(spec.workdir, 'log.txt'), 'a')
         print(f'[sweep] start {spec.name}', flush=True)
         running[spec.name] = (subprocess.Popen(spec.command(), cwd=REPO, stdout=log, env=env,
-                                               stderr=subprocess.STDOUT), log, time.time())
-      for name, (process, log, start) in list(running.items()):
+                                               stderr=subprocess.STDOUT), log, time.time(),
+                              spec.workdir, log.tell())
+      for name, (process, log, start, workdir, offset) in list(running.items()):
         if process.poll() is None:
           continue
         log.close()
-        status[name] = process.returncode
-        outcome = ('done' if process.returncode == 0 else 'stopped' if stops
-                   else f'FAILED ({process.returncode})')
-        print(f'[sweep] {outcome} {name} in {time.time() - start:.0f}s', flush=True)
+        status[name] = code = process.returncode
+        with open(log.name, errors='replace') as f:  # this attempt's output only
+          f.seek(offset)
+          printed = f.read()
+        outcome.record(workdir, code, printed)
+        result = ('done' if code == 0 else 'stopped' if stops
+                  else f'FAILED ({outcome.describe_exit(code, printed)})')
+        print(f'[sweep] {result} {name} in {time.time() - start:.0f}s', flush=True)
         del running[name]
       time.sleep(0.2)
   if stops:
@@ -205,12 +210,13 @@ def run_local(specs: Sequence[RunSpec], parallel: int = 1) -> dict[str, int]:
 
 def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_per_node: int = 0,
                  cpus_per_task: int = 8, time_limit: str = '24:00:00', partition: str = '',
-                 max_parallel: int = 0, signal_seconds: int = 300,
+                 max_parallel: int = 0, signal_seconds: int = 300, failure_restarts: int = 3,
                  python: str = sys.executable) -> str:
   """A SLURM array job: array task i runs specs[i] with srun on `nodes` nodes (with this
   Python by default: clusters share the file system the sweep was generated on). SIGTERM
   `signal_seconds` before the time limit (or on preemption) stops the run at a checkpoint
-  and requeues the task (module docstring)."""
+  and requeues the task; so does a lost process, up to `failure_restarts` restarts (module
+  docstring)."""
   throttle = f'%{max_parallel}' if max_parallel else ''
   header = [
       '#!/bin/bash',
@@ -259,6 +265,16 @@ def slurm_script(specs: Sequence[RunSpec], root: str, *, nodes: int = 1, gpus_pe
       '  echo "[sweep] the run stopped at a checkpoint; requeueing it"',
       '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
       'fi',
+      '# A lost process (75), JAX\'s abort on a lost peer (134), a SIGKILLed task (137): the',
+      '# run resumes from its newest checkpoint; a few times, so a run that keeps crashing stops.',
+      'restarts=${SLURM_RESTART_COUNT:-0}',
+      'case "$status" in 75|134|137)',
+      f'  if [ "$restarts" -lt {failure_restarts} ]; then',
+      f'    echo "[sweep] the run lost a process (exit status $status); requeueing it (restart '
+      f'$((restarts + 1)) of {failure_restarts})"',
+      '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+      '  fi ;;',
+      'esac',
       'exit "$status"',
   ]
   return '\n'.join(header + [''] + body) + '\n'
@@ -280,6 +296,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='array tasks running at once (0: no limit)')
   p.add_argument('--slurm_signal_seconds', type=int, default=300,
                  help='SIGTERM this long before the time limit: the run saves and is requeued')
+  p.add_argument('--slurm_failure_restarts', type=int, default=3,
+                 help='requeues of a run that lost a process (exit status 75, 134 or 137)')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   return p.parse_args(argv)
 
@@ -288,9 +306,12 @@ def main(argv=None):
   args = parse_args(argv)
   root = os.path.abspath(args.root or default_root(args.config))
   specs = expand(args.config, root, load_sweep(args.config))
-  todo = [s for s in specs if not is_finished(s.workdir)]
+  outcomes = {s.name: outcome.read(s.workdir) for s in specs}
+  todo = [s for s in specs if outcomes[s.name].state != outcome.FINISHED]
+  failed_before = sum(outcomes[s.name].state == outcome.FAILED for s in todo)
   print(f'[sweep] {len(specs)} runs in {root}: {len(specs) - len(todo)} finished, '
-        f'{len(todo)} to run', flush=True)
+        f'{len(todo)} to run ({failed_before} failed before, {len(todo) - failed_before} '
+        'unfinished)', flush=True)
   if args.dry_run or not (args.local or args.slurm):
     for spec in todo:
       print(shlex.join(spec.command()))
@@ -303,16 +324,21 @@ def main(argv=None):
                              cpus_per_task=args.slurm_cpus_per_task, time_limit=args.slurm_time,
                              partition=args.slurm_partition,
                              max_parallel=args.slurm_max_parallel,
-                             signal_seconds=args.slurm_signal_seconds))
+                             signal_seconds=args.slurm_signal_seconds,
+                             failure_restarts=args.slurm_failure_restarts))
       print(f'[sweep] wrote {args.slurm}: sbatch {args.slurm}')
     return
   try:
-    status = run_local(todo, args.parallel)
+    run_local(todo, args.parallel)  # each run's outcome is read back from its workdir
   except Stopped as stopped:
     sys.exit(f'[sweep] {stopped}')
-  failed = [name for name, code in status.items() if code]
-  if failed:
-    print(f'[sweep] {len(failed)} runs failed (see their log.txt): {", ".join(failed)}')
+  ended = {s.name: outcome.read(s.workdir) for s in todo}
+  failed = sum(o.state == outcome.FAILED for o in ended.values())
+  unfinished = sum(o.state == outcome.UNFINISHED for o in ended.values())
+  if failed or unfinished:
+    print(f'[sweep] {failed} of {len(specs)} runs failed, {unfinished} unfinished (more in '
+          f'{root}/<run>/log.txt; the same command retries these only):')
+    print(outcome.table(ended), end='')
     sys.exit(1)
 
 

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from research import (checkpointing, flops, generate, loading, loop, models, optim, reporting,
                       sharding, state as state_lib, steps)
+from research import atomic_file  # predictions: whole or not at all
 from research.data import tokenizer as tokenizer_lib
 from research.models import task_model
 from research.models.config import ModelConfig
@@ -159,6 +160,8 @@ def build(config: ml_collections.ConfigDict, workdir: str,
   (loading.Loaded, else None)."""
   mesh = sharding.make_mesh(config.mesh)
   task = load_task(config.task)
+  if task.dropped.total and jax.process_index() == 0:  # once per run (readers.DroppedRows)
+    logging.warning('%s', task.dropped.message())
   model_cfg, tok, loaded = _architecture(config, workdir, task, mesh, need_params)
   model_cfg.check_length(config.data.max_seq_len)
   ft_cfg = config.finetune
@@ -333,8 +336,7 @@ def _write_predictions(ft: FineTune, split_name: str, predictions: list):
   directory = os.path.join(ft.workdir, 'predictions')
   os.makedirs(directory, exist_ok=True)
   rows = features.prediction_rows(ft.task, ft.splits[split_name], predictions)
-  with open(os.path.join(directory, f'{split_name}.tsv'), 'w', encoding='utf-8') as f:
-    f.write('\n'.join(rows) + '\n')
+  atomic_file.write_text(os.path.join(directory, f'{split_name}.tsv'), '\n'.join(rows) + '\n')
 
 
 def _final_eval(ft: FineTune, evaluate, params, reporter, step: int) -> dict[str, float]:
@@ -433,6 +435,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
                        arch=ft.model_cfg.arch, init_from=config.finetune.init_from,
                        params=state_lib.param_count(state.params),
                        train_examples=len(ft.task.splits['train']),
+                       **ft.task.dropped.log_fields(),
                        **(ft.task.dev_split.log_fields() if ft.task.dev_split else {}),
                        **{f'baseline/{k}': v for k, v in baseline.items()})
   else:

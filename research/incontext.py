@@ -27,7 +27,7 @@ import numpy as np
 
 from research import loading, models
 from research.data import corpus
-from research.tasks.readers import read_delimited
+from research.tasks.readers import DroppedRows, read_delimited
 
 SENTIMENT_DIR = Path(__file__).parent / 'data' / 'assets' / 'rotten_tomatoes'
 SENTIMENT_LABELS = ('negative', 'positive')  # label 0 = rotten, 1 = fresh
@@ -91,7 +91,8 @@ def read_sentiment(split: str,
   for name in (f'{split}.tsv', f'{split}.tsv.gz'):
     path = os.path.join(directory, name)
     if os.path.exists(path):
-      return [(r['sentence'], int(r['label'])) for r in read_delimited(path)]
+      rows = read_delimited(path, DroppedRows(strict=True))  # vendored data: clean
+      return [(r['sentence'], int(r['label'])) for r in rows]
   raise FileNotFoundError(f'no {split}.tsv(.gz) in {directory}; pass the rotten_tomatoes '
                           'directory (sentence<TAB>label files)')
 

@@ -16,6 +16,8 @@ on the same workdir stops with an `error:` line naming the holder. Exit status:
   0    finished;
   2    `error:` bad input, or a run that cannot go on by itself: workdir in use, checkpoint
        unwritable (disk full), loss not finite for train.max_skipped_steps steps in a row;
+  75   a multi-host run lost one of its processes (research/multihost.py): one `error:` line
+       naming it; run the same command again (on every host) to resume;
   143  SIGTERM, 130 SIGINT: the step in progress finished and its checkpoint was saved (one
        `preempted:` line); run the same command again to resume. launch/sweep.py's SLURM
        script requeues the job on 143.
@@ -33,8 +35,8 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from research import (checkpointing, finetune, generate, incontext, loading, loop, reporting,
-                      train, workdir_lock)
+from research import (checkpointing, finetune, generate, incontext, loading, loop, multihost,
+                      reporting, train, workdir_lock)
 from research.data import corpus
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
@@ -78,7 +80,8 @@ def init_distributed():
   # preemption notifier would keep a SIGTERM that arrives before the loop starts to itself.
   jax.config.update('jax_enable_preemption_service', False)
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                             **multihost.initialize_args())
 
 
 def hold_workdir(stack: contextlib.ExitStack, workdir: str) -> None:
@@ -158,6 +161,7 @@ def main(argv):
                jax.process_count())
   try:
     with contextlib.ExitStack() as stack:
+      stack.enter_context(multihost.exit_on_lost_peer())  # before any error becomes a line
       if _MODE.value == 'train':  # eval and generate only read
         hold_workdir(stack, _WORKDIR.value)
       metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)

@@ -91,7 +91,9 @@ class Reporter:
     self._interval_start: tuple[int, float] | None = None
     if is_chief:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      drop_partial_line(path)
+      self._jsonl = open(path, 'a')
       self._writer = SummaryWriter(
           os.path.join(workdir, 'tensorboard'),
           purge_step=start_step or None,
@@ -169,6 +171,17 @@ class Reporter:
     for tag, value in scalars.items():
       self._writer.add_scalar(tag, value, step)
     self._writer.flush()
+
+
+def drop_partial_line(path: str) -> None:
+  """Cuts a record a kill left half-written at the end of an append-only file, so the next
+  record starts on a line of its own (the killed step is redone and logged again)."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb+') as f:
+    data = f.read()
+    if data and not data.endswith(b'\n'):
+      f.truncate(data.rfind(b'\n') + 1)
 
 
 def _to_floats(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:

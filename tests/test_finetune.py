@@ -158,6 +158,8 @@ def finetune_cfg(task_dir, init_from='', steps=2, **overrides):
 
 def test_finetune_bert_from_pretrained_workdir(pretrained, tmp_path):
   task_dir = sentiment_dir(tmp_path / 'data')
+  with open(os.path.join(task_dir, 'train.tsv'), 'a') as f:
+    f.write('a row without its tab 1\n')  # line 50: dropped, counted in the start event
   config = finetune_cfg(task_dir, pretrained['bert'])
   workdir = tmp_path / 'run'
   results = finetune.run_finetune(config, str(workdir))
@@ -166,6 +168,9 @@ def test_finetune_bert_from_pretrained_workdir(pretrained, tmp_path):
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2]
   start = next(r for r in records if r.get('event') == 'start')
   assert start['arch'] == 'encoder' and 'baseline/accuracy' in start
+  assert start['train_examples'] == 48 and start['dropped_rows'] == 1
+  assert start['dropped_rows_first'] == [f'{task_dir}/train.tsv:50: 1 field where the header '
+                                         'has 2 (dropped)']
   for name in ('pretrained.json', 'tokenizer.model', 'config.json', 'predictions/dev.tsv'):
     assert (workdir / name).exists(), name
   assert (workdir / 'checkpoints' / '2').is_dir()

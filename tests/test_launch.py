@@ -2,6 +2,7 @@
 Table 5 recipe's configs (built, not run)."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from configs import base as cfg_base
 from configs.repro import bert_table5
-from launch import collect, hyper, repro, sweep
+from launch import collect, hyper, outcome, repro, sweep
 from tests.conftest import REPO
 
 SWEEP_CONFIG = '''
@@ -85,9 +86,9 @@ def test_finished_runs_are_skipped_on_rerun(tmp_path):
   fake_run(tmp_path / 'done', 100, [50, 100])
   fake_run(tmp_path / 'half', 100, [50])
   os.makedirs(tmp_path / 'half' / 'checkpoints' / '100.orbax-checkpoint-tmp-123')  # in flight
-  assert sweep.is_finished(str(tmp_path / 'done'))
-  assert not sweep.is_finished(str(tmp_path / 'half'))
-  assert not sweep.is_finished(str(tmp_path / 'never'))
+  assert outcome.is_finished(str(tmp_path / 'done'))
+  assert not outcome.is_finished(str(tmp_path / 'half'))
+  assert not outcome.is_finished(str(tmp_path / 'never'))
 
   config_file = tmp_path / 'my_sweep.py'
   config_file.write_text(SWEEP_CONFIG)
@@ -189,14 +190,17 @@ for i in $(seq 600); do sleep 0.05; done
 FAKE_SCONTROL = '#!/bin/bash\necho "scontrol $*" >> "$FAKE_LOG"\n'
 
 
-@pytest.mark.parametrize('case,fake_exit,requeued,status', [
-    ('SIGTERM to the script', '', True, 0),  # --signal=B:TERM before the time limit
-    ('run preempted directly', '143', True, 0),  # SLURM signalled the run itself
-    ('run finished', '0', False, 0),
-    ('bad input', '2', False, 2),
+@pytest.mark.parametrize('case,fake_exit,restarts,requeued,status', [
+    ('SIGTERM to the script', '', '', True, 0),  # --signal=B:TERM before the time limit
+    ('run preempted directly', '143', '5', True, 0),  # SLURM signalled the run itself
+    ('run finished', '0', '', False, 0),
+    ('bad input', '2', '', False, 2),
+    ('lost process', '75', '', True, 0),  # research/multihost.py
+    ('JAX abort on a lost coordinator', '134', '2', True, 0),
+    ('lost process again and again', '75', '3', False, 75),  # --slurm_failure_restarts=3
 ])
-def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exit, requeued,
-                                                       status):
+def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exit, restarts,
+                                                       requeued, status):
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
@@ -210,7 +214,8 @@ def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exi
   job = subprocess.Popen(['bash', str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env={**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
                                          'SLURM_ARRAY_JOB_ID': '77', 'SLURM_ARRAY_TASK_ID': '0',
-                                         'FAKE_LOG': str(log), 'FAKE_EXIT': fake_exit})
+                                         'FAKE_LOG': str(log), 'FAKE_EXIT': fake_exit,
+                                         'SLURM_RESTART_COUNT': restarts})
   if not fake_exit:
     while 'started' not in log.read_text():
       assert job.poll() is None, job.stdout.read()
@@ -224,8 +229,9 @@ def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path, case, fake_exi
     assert 'SIGTERM' in events and 'stopping the run at a checkpoint' in output
 
 
-def write_run(root, name, records):
-  (root / name).mkdir(parents=True)
+def write_run(root, name, records, saved=(10,)):
+  """A run of 10 steps that logged `records` and saved checkpoints `saved` (10: finished)."""
+  fake_run(root / name, 10, saved)
   (root / name / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 
@@ -340,11 +346,13 @@ def test_repro_tabulates_every_metric_beside_its_baseline():
   read from a run's start event; accuracies are scaled to percent."""
   from configs.repro import bart_table1
   start = lambda **kw: {'step': 0, 'event': 'start', **kw}
+  done = outcome.Outcome(outcome.FINISHED)
   runs = [collect.Run('task=modernize,setting=lm,seed=0', {'task': 'modernize', 'setting': 'lm'},
                       [start(**{'baseline/chrf': 65.8}), {'step': 9, 'dev/chrf': 40.0,
-                                                          'dev/perplexity': 9.5}]),
+                                                          'dev/perplexity': 9.5}], done),
           collect.Run('task=sentiment,setting=lm,seed=0', {'task': 'sentiment', 'setting': 'lm'},
-                      [start(**{'baseline/accuracy': 0.6}), {'step': 9, 'dev/accuracy': 0.7}])]
+                      [start(**{'baseline/accuracy': 0.6}), {'step': 9, 'dev/accuracy': 0.7}],
+                      done)]
   table = repro.tabulate(bart_table1, runs)
   assert table[('lm',)]['modernize chrf'].mean == 40.0
   assert table[('lm',)]['modernize perplexity'].mean == 9.5
@@ -401,3 +409,136 @@ def test_objective_table_recipes(recipe_name):
     assert sizes[-1] < 1.6 * sizes[0]  # comparable sizes, as BART Sec 4.1
     assert configs['permuted_lm'].model.two_stream
     assert configs['text_infilling'].objective.noises == 'infilling'
+
+
+# --- Failed runs: the others finish, the failures are listed with their error lines, a rerun
+# retries only them; a kill mid-write never leaves a half file a collector reads as finished.
+
+_FAILING_SWEEP = '''
+from launch import hyper
+
+def get_sweep(arg=''):
+  return hyper.product(hyper.sweep('arg.task', ['a', 'b']), hyper.sweep('config.train.seed', [0, 1]))
+'''
+
+# A stand-in for research.main, run in its workdir: `task=a,seed=1` fails as a bad
+# hyperparameter does, `task=b,seed=0` as a run whose loss stopped being finite, `task=b,seed=1`
+# is SIGKILLed; each succeeds once `fixed` exists in the sweep root. A finished run writes what
+# research.main leaves behind (config.json, metrics.jsonl, its final checkpoint).
+_FAKE_RUN = '''
+import json, os, signal, sys
+name = os.path.basename(os.getcwd())
+open('../attempts', 'a').write(name + '\\n')
+if not os.path.exists('../fixed'):
+  if name == 'task=a,seed=1':
+    print('some output'); print('error: --config.optim.learning_rate=-1: must be > 0', file=sys.stderr)
+    sys.exit(2)
+  if name == 'task=b,seed=0':
+    print('error: training stopped at step 7: the loss or gradient norm was not finite for 5 '
+          'steps in a row', file=sys.stderr)
+    sys.exit(2)
+  if name == 'task=b,seed=1':
+    os.kill(os.getpid(), signal.SIGKILL)
+json.dump({'train': {'steps': 10}}, open('config.json', 'w'))
+open('metrics.jsonl', 'a').write(json.dumps({'step': 10, 'dev/accuracy': 0.5 + 0.1 * len(name)}) + '\\n')
+os.makedirs('checkpoints/10')
+'''
+
+
+def test_sweep_with_failing_runs_finishes_the_others_lists_them_and_retries_only_them(
+    tmp_path, monkeypatch, capsys):
+  config = tmp_path / 'failing.py'
+  config.write_text(_FAILING_SWEEP)
+  root = tmp_path / 'root'
+  monkeypatch.setattr(sweep.RunSpec, 'command', lambda self, python=sys.executable: [
+      python, '-c', f'import os; os.chdir({self.workdir!r}); exec({_FAKE_RUN!r})'])
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'cache'))
+  args = [f'--config={config}', f'--root={root}', '--local', '--parallel=2']
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main(args)
+  assert exit_info.value.code == 1
+  out = capsys.readouterr().out
+  assert '4 runs in' in out and '0 finished, 4 to run' in out
+  assert '[sweep] 3 of 4 runs failed, 0 unfinished' in out
+  assert ('| task=a,seed=1 | failed | 2 | error: --config.optim.learning_rate=-1: must be > 0 |'
+          in out)
+  assert '| task=b,seed=0 | failed | 2 | error: training stopped at step 7' in out
+  assert '| task=b,seed=1 | failed | -9 | killed by SIGKILL |' in out
+  assert outcome.is_finished(str(root / 'task=a,seed=0'))
+
+  with pytest.raises(SystemExit) as exit_info:
+    collect.main([f'--root={root}', '--rows=seed', '--cols=task', '--metric=dev/accuracy',
+                  f'--out={tmp_path / "table.md"}'])
+  assert exit_info.value.code == 1
+  table = (tmp_path / 'table.md').read_text()
+  assert table.startswith('| seed | a |\n|---|---:|\n| 0 | ') and '| 1 |' not in table
+  assert '| task=b,seed=1 | failed | -9 | killed by SIGKILL |' in table
+  assert "| task=a,seed=1 | failed | 2 | error: --config.optim.learning_rate=-1" in table
+
+  (root / 'fixed').touch()
+  sweep.main(args)  # exits 0: every run finished
+  out = capsys.readouterr().out
+  assert '1 finished, 3 to run (3 failed before, 0 unfinished)' in out
+  attempts = (root / 'attempts').read_text().split()
+  assert sorted(attempts[4:]) == ['task=a,seed=1', 'task=b,seed=0', 'task=b,seed=1']
+  collect.main([f'--root={root}', '--rows=seed', '--cols=task', '--metric=dev/accuracy'])
+  assert 'Not in the table' not in capsys.readouterr().out
+
+
+_WRITER = '''
+import itertools, sys
+from research import atomic_file
+for i in itertools.count():
+  atomic_file.write_text(sys.argv[1], f'| table {i} |\\n' + 'x' * 3_000_000 + '\\nend\\n')
+'''
+
+
+def test_a_kill_during_a_write_leaves_the_old_file_or_the_new_one(tmp_path):
+  """table.md and predictions are written whole (research/atomic_file.py): SIGKILLed at
+  random moments while rewriting a 3 MB file, the writer leaves a complete version each time."""
+  path = tmp_path / 'table.md'
+  rng = random.Random(0)
+  for _ in range(8):
+    writer = subprocess.Popen([sys.executable, '-c', _WRITER, str(path)], cwd=REPO)
+    while not path.exists():
+      time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.2))
+    writer.kill()
+    writer.wait()
+    text = path.read_text()
+    assert text.startswith('| table ') and text.endswith('\nend\n'), len(text)
+
+
+def test_half_written_metrics_line_is_skipped_and_the_run_is_not_finished(tmp_path):
+  """A kill while a record was appended leaves a partial last line in metrics.jsonl: the
+  collector skips it and, without the final checkpoint, lists the run as unfinished, whatever
+  its dev metrics; the resumed run's Reporter cuts the partial record before appending."""
+  from research import reporting
+  records = [{'step': 0, 'event': 'start'}, {'step': 10, 'dev/accuracy': 0.9}]
+  write_run(tmp_path, 'task=a,seed=0', records, saved=(5,))
+  write_run(tmp_path, 'task=a,seed=1', records, saved=(5, 10))
+  metrics = tmp_path / 'task=a,seed=0' / 'metrics.jsonl'
+  with open(metrics, 'a') as f:
+    f.write('{"step": 11, "dev/acc')  # killed mid-record
+  runs = collect.load_runs(str(tmp_path))
+  assert runs[0].records == records and runs[0].outcome.state == outcome.UNFINISHED
+  table = collect.aggregate(runs, ['seed'], 'task', ['dev/accuracy'])
+  assert list(table) == [('1',)]  # the finished run only
+  reporter = reporting.Reporter(str(tmp_path / 'task=a,seed=0'), total_steps=10, log_every=1,
+                                flops_per_step=None, peak_flops=None, tokens_per_step=1,
+                                num_devices=1, start_step=5)
+  reporter.log_event(5, event='resumed')
+  reporter.close()
+  lines = metrics.read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [*records, {'step': 5, 'event': 'resumed'}]
+
+
+def test_a_runs_last_error_line():
+  traceback = 'step 3/10 | ...\nTraceback (most recent call last):\n  File "x.py"\nKeyError: \'a\'\n'
+  assert outcome.describe_exit(1, traceback) == "KeyError: 'a'"
+  jax_abort = ('F1208 00:10:42.513428 7377 client.h:80] Terminating process because the JAX '
+               'distributed service detected fatal errors.\n    @ 0x7ffa18e40634 absl::...\n')
+  assert outcome.describe_exit(-6, jax_abort).startswith('killed by SIGABRT: F1208 00:10:42')
+  assert outcome.describe_exit(-9, 'step 3/10 | ...\n') == 'killed by SIGKILL'
+  assert outcome.describe_exit(2, 'error: a\nerror: b\n') == 'error: b'
+  assert outcome.describe_exit(1, 'nothing\n') == 'exit status 1 (no error line in its log)'

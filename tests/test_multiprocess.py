@@ -1,5 +1,6 @@
 """Multi-process runs from the command line: launch.local_multiprocess (train, kill, resume ==
-one process on as many devices) and the SLURM script's multi-node path under a fake `srun`."""
+one process on as many devices), hosts started independently with one of them killed, and the
+SLURM script's multi-node path under a fake `srun`."""
 import json
 import os
 import pathlib
@@ -12,7 +13,8 @@ import time
 
 import pytest
 
-from launch import local_multiprocess, sweep
+from launch import local_multiprocess, outcome, sweep
+from research import multihost
 from tests.conftest import REPO, run_main, tiny_overrides
 
 LAUNCH = [sys.executable, '-m', 'launch.local_multiprocess']
@@ -111,6 +113,67 @@ def test_two_processes_killed_and_resumed_match_one_process(small_corpus, tmp_pa
   assert 'resumed' in events
 
 
+def start_host(index: int, port: int, workdir, corpus, log) -> subprocess.Popen:
+  """One host's command, started on its own as on a TPU VM pod or under a plain srun: no
+  launcher stops the others when one dies."""
+  return subprocess.Popen(
+      [sys.executable, '-m', 'research.main', *RUN_ARGS, *overrides(corpus),
+       f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={index}'],
+      cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+
+
+@pytest.mark.slow
+def test_a_host_killed_without_a_launcher_ends_the_other_and_the_rerun_resumes(small_corpus,
+                                                                               tmp_path):
+  """2 processes x 2 devices started independently; process 1 SIGKILLed mid-run. Process 0
+  exits within the bound (research/multihost.py) with one line naming process 1 and status 75
+  (the SLURM script requeues it); the same two commands again resume from the newest complete
+  checkpoint, and every step's loss equals a one-process run on 4 devices."""
+  workdir, port = tmp_path / 'multi', local_multiprocess.free_port()
+  logs = [open(tmp_path / f'host{i}.log', 'w') for i in range(2)]
+  hosts = [start_host(i, port, workdir, small_corpus, logs[i]) for i in range(2)]
+  deadline = time.time() + 300
+  while not (workdir / 'checkpoints' / '4').is_dir():
+    assert all(h.poll() is None for h in hosts), (tmp_path / 'host0.log').read_text()[-3000:]
+    assert time.time() < deadline, 'no checkpoint after 300 s'
+    time.sleep(0.05)
+  hosts[1].kill()
+  killed = time.time()
+  status = hosts[0].wait(timeout=300)
+  time_to_exit = time.time() - killed
+  log = (tmp_path / 'host0.log').read_text()
+  steps = [int(line.split()[1].split('/')[0]) for line in log.splitlines()
+           if line.startswith('step ') and '/' in line.split()[1]]
+  exit_line = next(line for line in log.splitlines() if line.startswith('error: '))
+  print(f'process 1 SIGKILLed after step {max(steps)} of process 0; process 0 exited with '
+        f'status {status} after {time_to_exit:.1f} s: {exit_line}')
+  assert status == multihost.EXIT_LOST_PEER, log[-3000:]
+  assert exit_line.startswith('error: lost process 1 of 2 (process 0: ')
+  assert time_to_exit < 120
+  assert 'Fatal Python error' not in log and 'Traceback' not in log
+  killed_at = max(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert killed_at < STEPS, 'the run finished before it was killed'
+
+  hosts = [start_host(i, port, workdir, small_corpus, logs[i]) for i in range(2)]
+  assert [h.wait(timeout=600) for h in hosts] == [0, 0], (
+      (tmp_path / 'host0.log').read_text()[-3000:])
+  single = run_main(*RUN_ARGS, *overrides(small_corpus), f'--workdir={tmp_path}/single',
+                    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi, one = losses(workdir), losses(tmp_path / 'single')
+  assert sorted(multi) == sorted(one) == list(range(1, STEPS + 1))
+  resumed = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  resumed_at = next(r['step'] for r in resumed if r.get('event') == 'resumed')
+  print(f'resumed from step {resumed_at}; losses (2 processes, killed and resumed | 1 process):')
+  for step in one:
+    print(f'  step {step:2d}: {multi[step]:.6f} | {one[step]:.6f}')
+  diffs = {step: abs(multi[step] - one[step]) / one[step] for step in one}
+  print(f'max relative difference {max(diffs.values()):.2e}')
+  assert max(diffs.values()) < 1e-5, diffs
+
+
 FAKE_SRUN = '''#!/bin/bash
 # A stand-in for srun inside an allocation: starts $SLURM_NTASKS copies of the command on this
 # machine, each with the variables srun gives a task, and fails if any task fails.
@@ -168,4 +231,4 @@ def test_slurm_script_runs_two_nodes_under_fake_srun(small_corpus, tmp_path):
   for i, log in enumerate(task_logs):
     assert f'(process {i} of 2)' in log, log[-2000:]
   assert (tmp_path / 'run' / 'checkpoints' / '2').is_dir()
-  assert sweep.is_finished(str(tmp_path / 'run'))
+  assert outcome.is_finished(str(tmp_path / 'run'))

@@ -76,17 +76,24 @@ def test_missing_column_names_file_column_and_header(tmp_path):
   assert f"{tmp_path / 'dev.tsv'}: no column 'target' (columns: source)" in message
 
 
-def test_empty_target_or_source_names_the_row(tmp_path):
-  message = load_error(tmp_path, {'train.tsv': 'source\ttarget\nthou\tyou\nye\t \n',
-                                  'dev.tsv': 'source\ttarget\nye\tyou\n'})
-  assert f"{tmp_path / 'train.tsv'}: row 2 has an empty 'target'" in message
+def test_empty_target_or_source_is_counted_or_with_strict_names_the_line(tmp_path):
+  files = {'train.tsv': 'source\ttarget\nthou\tyou\nye\t \n',
+           'dev.tsv': 'source\ttarget\nye\tyou\n\tyou\n'}
+  for name, text in files.items():
+    (tmp_path / name).write_text(text, encoding='utf-8')
+  task = load_task(task_config(format='tsv', data_dir=str(tmp_path)))
+  assert [e.target for e in task.splits['train']] == ['you']
+  assert task.dropped.counts == {str(tmp_path / 'train.tsv'): 1, str(tmp_path / 'dev.tsv'): 1}
+  assert task.dropped.first[0] == f"{tmp_path / 'train.tsv'}:3: empty 'target' (dropped)"
+  message = load_error(tmp_path, files, strict=True)
+  assert message.startswith(f"{tmp_path / 'train.tsv'}:3: empty 'target'; fix or delete")
   message = load_error(tmp_path, {'train.tsv': 'source\ttarget\nthou\tyou\n',
-                                  'dev.tsv': 'source\ttarget\nye\tyou\n\tyou\n'})
-  assert f"{tmp_path / 'dev.tsv'}: row 2 has an empty 'source'" in message
+                                  'dev.tsv': files['dev.tsv']}, strict=True)
+  assert message.startswith(f"{tmp_path / 'dev.tsv'}:3: empty 'source'")
   rows = [{'source': 'spake', 'target': 'spoke'}, {'source': 'hath', 'target': None}]
   message = load_error(tmp_path, {'train.jsonl': '\n'.join(map(json.dumps, rows)),
-                                  'dev.jsonl': json.dumps(rows[0])})
-  assert "train.jsonl: row 2 has an empty 'target'" in message
+                                  'dev.jsonl': json.dumps(rows[0])}, strict=True)
+  assert "train.jsonl:2: empty 'target'" in message
 
 
 @pytest.mark.parametrize('text', ['', 'source\ttarget\n'])

@@ -525,3 +525,71 @@ def test_ten_megabyte_field_and_bad_jsonl_line(tmp_path):
     load_task(task_config(format='jsonl', data_dir=str(tmp_path / 'jsonl'), text_columns='s',
                           label_column='y'))
   assert str(error.value).startswith(f'{tmp_path}/jsonl/train.jsonl:2: not JSON ')
+
+
+# --- Malformed rows: dropped or repaired, counted per file with file:line; strict: an error.
+
+def test_malformed_tsv_rows_are_counted_with_their_lines_or_with_strict_an_error(tmp_path):
+  """A row without its tab (one field) among three is dropped, one with an extra tab keeps
+  its first fields, and an empty text is dropped: each counted with its file:line."""
+  write(tmp_path / 'train.tsv', 'sentence\tlabel\nGood film.\t1\nno tab here 0\nBad.\t0\n'
+        'Tab\tinside\t1\n\t0\n')
+  write(tmp_path / 'dev.tsv', 'sentence\tlabel\nOk.\t1\nMeh.\t0\n')
+  task = load_task(task_config(format='tsv', data_dir=str(tmp_path)))
+  train = str(tmp_path / 'train.tsv')
+  assert [e.texts for e in task.splits['train']] == [('Good film.',), ('Bad.',), ('Tab',)]
+  assert task.dropped.counts == {train: 3} and task.dropped.read == {
+      train: 5, str(tmp_path / 'dev.tsv'): 2}
+  assert task.dropped.first == [
+      f'{train}:3: 1 field where the header has 2 (dropped)',
+      f'{train}:5: 3 fields where the header has 2 (repaired: the extra fields ignored)',
+      f"{train}:6: empty 'sentence' (dropped)"]
+  message = task.dropped.message()
+  assert message.startswith(f'task data: 3 malformed records dropped or repaired ({train}: 3 '
+                            f'of 5); first: {train}:3: ') and '\n' not in message
+  assert task.dropped.log_fields() == {'dropped_rows': 3, 'dropped_rows_per_file': {train: 3},
+                                       'dropped_rows_first': task.dropped.first}
+  with pytest.raises(readers.TaskDataError) as error:
+    load_task(task_config(format='tsv', data_dir=str(tmp_path), strict=True))
+  assert str(error.value).startswith(f'{train}:3: 1 field where the header has 2; fix or '
+                                     'delete that row')
+  clean = load_task(task_config(format='tsv', data_dir=str(tmp_path), train=str(
+      tmp_path / 'dev.tsv'), strict=True))
+  assert clean.dropped.total == 0 and clean.dropped.log_fields() == {'dropped_rows': 0}
+
+
+def test_glue_qqp_broken_line_is_counted(tmp_path):
+  for filename, text in GLUE_FILES['qqp'].items():
+    write(tmp_path / filename, text)
+  qqp = load_task(task_config(format='glue', name='qqp', data_dir=str(tmp_path)))
+  assert qqp.dropped.counts == {str(tmp_path / 'train.tsv'): 1}
+  with pytest.raises(readers.TaskDataError, match=r'train\.tsv:\d+: '):
+    load_task(task_config(format='glue', name='qqp', data_dir=str(tmp_path), strict=True))
+
+
+def test_jsonl_record_missing_a_column_and_conll_line_without_tag(tmp_path):
+  write(tmp_path / 'j' / 'train.jsonl', '{"s": "ok", "y": 1}\n\n{"y": 0}\n{"s": "no label"}\n'
+        '{"s": "fine", "y": 0}\n')
+  write(tmp_path / 'j' / 'dev.jsonl', '{"s": "ok", "y": 1}\n')
+  task = load_task(task_config(format='jsonl', data_dir=str(tmp_path / 'j'), text_columns='s',
+                               label_column='y'))
+  path = str(tmp_path / 'j' / 'train.jsonl')
+  assert [e.texts for e in task.splits['train']] == [('ok',), ('fine',)]
+  assert task.dropped.first == [f"{path}:3: no 's' (dropped)", f"{path}:4: no 'y' (dropped)"]
+  with pytest.raises(readers.TaskDataError, match=f"{path}:3: no 's'; fix or delete"):
+    load_task(task_config(format='jsonl', data_dir=str(tmp_path / 'j'), text_columns='s',
+                          label_column='y', strict=True))
+  with pytest.raises(readers.TaskDataError, match="no column 'text'"):  # no record has it
+    load_task(task_config(format='jsonl', data_dir=str(tmp_path / 'j'), text_columns='text',
+                          label_column='y'))
+  write(tmp_path / 'c' / 'train.txt', 'A\tB-X\nb\tO\n\nC\tO\nlost\nd\tO\n\nE\tB-X\n')
+  write(tmp_path / 'c' / 'dev.txt', 'A\tB-X\n')
+  tagging = load_task(task_config(format='conll', data_dir=str(tmp_path / 'c')))
+  conll = str(tmp_path / 'c' / 'train.txt')
+  assert [e.words for e in tagging.splits['train']] == [('A', 'b'), ('E',)]
+  assert tagging.dropped.first == [
+      f"{conll}:5: expected \"token<TAB>tag\", got 'lost' (its sentence dropped)"]
+  assert tagging.dropped.message().startswith(f'task data: 1 malformed record dropped or '
+                                              f'repaired ({conll}: 1 of 3)')
+  with pytest.raises(readers.TaskDataError, match=f'{conll}:5: expected'):
+    load_task(task_config(format='conll', data_dir=str(tmp_path / 'c'), strict=True))

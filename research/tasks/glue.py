@@ -65,26 +65,28 @@ def get(name: str) -> GlueTask:
   return TASKS[key]
 
 
-def read_split(task: GlueTask, path: str) -> list[readers.Example]:
+def read_split(task: GlueTask, path: str, drops: readers.DroppedRows) -> list[readers.Example]:
   with readers.open_text(path) as f:
     first = f.readline().rstrip('\r\n').split('\t')
   has_header = not task.headerless_columns or all(c in first for c in task.text_columns)
-  rows = readers.read_delimited(path, header=has_header,
+  rows = readers.read_delimited(path, drops, header=has_header,
                                 names=() if has_header else task.headerless_columns)
   # Test files number their rows in an `index` (QQP: `id`) column, which submissions echo.
   uid_column = 'index' if rows and 'index' in rows[0] else 'id'
-  return readers.rows_to_examples(rows, path, text_columns=task.text_columns,
+  return readers.rows_to_examples(rows, path, drops, text_columns=task.text_columns,
                                   label_column=task.label_column, uid_column=uid_column)
 
 
-def read_splits(task: GlueTask, data_dir: str) -> dict[str, list[readers.Example]]:
-  """Every split file present in `data_dir` (train and dev are required)."""
+def read_splits(task: GlueTask, data_dir: str,
+                drops: readers.DroppedRows) -> dict[str, list[readers.Example]]:
+  """Every split file present in `data_dir` (train and dev are required); malformed rows are
+  counted in `drops`."""
   splits = {}
   for split, filename in task.files:
     path = os.path.join(data_dir, filename)
     for candidate in (path, path + '.gz'):
       if os.path.exists(candidate):
-        splits[split] = read_split(task, candidate)
+        splits[split] = read_split(task, candidate, drops)
         break
   missing = [s for s in ('train', 'dev') if s not in splits]
   if missing:

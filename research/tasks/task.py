@@ -59,6 +59,7 @@ class Task:
   symmetric: bool  # sentence pairs without order (GPT-1 Sec 3.3 "Similarity")
   splits: dict[str, list[Example]]  # 'train', 'dev', optional 'test', 'dev_mismatched', ...
   dev_split: holdout.DevSplit | None = None  # set when dev was held out of train
+  dropped: readers.DroppedRows = dataclasses.field(default_factory=readers.DroppedRows)
 
   @property
   def num_outputs(self) -> int:
@@ -133,19 +134,19 @@ def _find_files(cfg) -> dict[str, str]:
   return files
 
 
-def _read_file(cfg, path: str, split: str) -> list[Example]:
+def _read_file(cfg, path: str, split: str, drops: readers.DroppedRows) -> list[Example]:
   if cfg.format == 'conll':
-    return readers.read_conll(path)
+    return readers.read_conll(path, drops)
   if cfg.format == 'squad':
     return squad.read(path)
-  rows = (readers.read_jsonl(path) if cfg.format == 'jsonl'
-          else readers.read_delimited(path, header=cfg.header))
+  rows = (readers.read_jsonl(path, drops) if cfg.format == 'jsonl'
+          else readers.read_delimited(path, drops, header=cfg.header))
   if cfg.type == 'seq2seq':  # a test split may come without targets
-    return readers.rows_to_seq2seq(rows, path, source_column=cfg.source_column,
+    return readers.rows_to_seq2seq(rows, path, drops, source_column=cfg.source_column,
                                    target_column=cfg.target_column,
                                    require_target=split in ('train', 'dev'))
   return readers.rows_to_examples(
-      rows, path, text_columns=_split_list(cfg.text_columns), label_column=cfg.label_column,
+      rows, path, drops, text_columns=_split_list(cfg.text_columns), label_column=cfg.label_column,
       choice_columns=_split_list(cfg.choice_columns))
 
 
@@ -162,16 +163,18 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
   if cfg.format not in FORMATS:
     raise ValueError(f'unknown --config.task.format={cfg.format!r}; use one of {FORMATS}')
   symmetric = cfg.symmetric
+  drops = readers.DroppedRows(strict=cfg.strict)  # malformed rows: counted, or with strict an error
   if cfg.type == 'seq2seq' and cfg.format not in _SEQ2SEQ_FORMATS:
     raise ValueError(f'task type seq2seq reads headed {"/".join(_SEQ2SEQ_FORMATS)} files, not '
                      f'--config.task.format={cfg.format!r}')
   if cfg.format == 'glue':
     spec = glue.get(cfg.name)
-    splits = glue.read_splits(spec, cfg.data_dir)
+    splits = glue.read_splits(spec, cfg.data_dir, drops)
     task_type = 'regression' if not spec.labels else 'classification'
     labels, default_metrics, symmetric = spec.labels, spec.metrics, symmetric or spec.symmetric
   else:
-    splits = {split: _read_file(cfg, path, split) for split, path in _find_files(cfg).items()}
+    splits = {split: _read_file(cfg, path, split, drops)
+              for split, path in _find_files(cfg).items()}
     task_type = cfg.type or {'conll': 'tagging', 'squad': 'span'}.get(cfg.format,
                                                                         'classification')
     labels, default_metrics = (), _TYPE_METRICS.get(task_type)
@@ -215,4 +218,4 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
   if cfg.eval_limit:
     splits = {k: v if k == 'train' else v[:cfg.eval_limit] for k, v in splits.items()}
   return Task(cfg.name or cfg.format, task_type, labels, task_metrics, symmetric, splits,
-              dev_split)
+              dev_split, drops)
