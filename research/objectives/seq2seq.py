@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from research.models.encoder_decoder import frame, start_id
 from research.models.vocab_loss import VocabLoss
 from research.objectives import base, denoising, span_corruption
 
@@ -26,18 +27,6 @@ def shift_right(targets: np.ndarray, start_id: int) -> np.ndarray:
   """Decoder inputs [..., T]: the start token, then the targets but their last token."""
   return np.concatenate([np.full(targets.shape[:-1] + (1,), start_id, targets.dtype),
                          targets[..., :-1]], axis=-1)
-
-
-def start_id(tokenizer, decoder_start: str) -> int:
-  return {'pad': tokenizer.pad_id, 'eos': tokenizer.eos_id}[decoder_start]
-
-
-def frame(tokenizer, ids: Sequence[int], decoder_start: str) -> list[int]:
-  """A source or target text as the family's pretraining framed it: T5 `text </s>`, BART
-  `<s> text </s>` (fairseq's; BART is the family whose decoder starts at eos)."""
-  if decoder_start == 'eos':
-    return [tokenizer.bos_id, *ids, tokenizer.eos_id]
-  return [*ids, tokenizer.eos_id]
 
 
 def lm_example(inputs: Sequence[int], targets: Sequence[int], length: int, pad_id: int,
