@@ -70,6 +70,7 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.task.dev_fraction = 0.0         # >0 and no dev file: hold out this fraction of train as dev (stratified by label; research/tasks/holdout.py)
   c.task.dev_seed = 0               # which examples dev_fraction holds out; fixed apart from train.seed so seeds share one dev set
   c.task.type = ''                  # '' = from format (conll: tagging, squad: span, else classification); or regression, multiple_choice, seq2seq
+  c.task.style = ''                 # research/tasks/styles/ module ('' = the type's: classification, tagging, span, seq2seq; text_to_text with finetune.text_to_text)
   c.task.text_columns = 'sentence'  # comma-separated: one column (single sentence) or two (pair); MC: the shared context
   c.task.label_column = 'label'     # class name / number (regression) / index of the right choice
   c.task.choice_columns = ''        # multiple choice: comma-separated columns, or one list-valued JSON key

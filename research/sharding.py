@@ -140,6 +140,16 @@ def batch_shards(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
 
 
+def check_batch(name: str, size: int, mesh: Mesh, accum: int = 1):
+  """A global batch (--config flag `name`) must split evenly over the devices, the gradient
+  accumulation steps and the processes."""
+  devices = mesh.devices.size
+  if size % (devices * accum) or size % jax.process_count():
+    raise ValueError(f'{name}={size} must be divisible by the {devices} devices'
+                     + (f' x {accum} accumulation steps' if accum > 1 else '')
+                     + '; pick a multiple')
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (example) axis split over every device; other axes replicated."""
   return NamedSharding(mesh, P(BATCH_AXES))

@@ -95,9 +95,12 @@ def update_if_finite(tx: optax.GradientTransformation, grads, params, opt_state,
   return params, opt_state, {**metrics, 'skipped': 1.0 - finite.astype(jnp.float32)}
 
 
-def eval_step(params, batch: dict[str, jax.Array], *, model, objective) -> dict[str, jax.Array]:
-  """Metric pairs of a held-out batch (summed over batches by the caller, then `summarize`)."""
-  return objective.terms(model, params, batch, None)
+def eval_step(params, batch: dict[str, jax.Array], *, model,
+              objective) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """(metric pairs, per-row outputs) of a held-out batch: the pairs are summed over batches by
+  the caller, then `summarize`d; the outputs (a task head's predictions, else none) are
+  concatenated (objectives/base.py `evaluate`)."""
+  return objective.evaluate(model, params, batch)
 
 
 def summarize(terms: dict[str, Any], objective) -> dict[str, float]:

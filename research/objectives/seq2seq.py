@@ -67,12 +67,34 @@ def decoder_scores(model, params, batch, rng) -> VocabLoss:
                     vocab_targets=(batch['targets'], batch['weights'])).vocab_loss
 
 
+@dataclasses.dataclass(frozen=True)
 class Seq2SeqLM(base.LanguageModelling):
-  """Teacher-forced cross-entropy of the decoder's next-token predictions."""
+  """Teacher-forced cross-entropy of the decoder's next-token predictions.
+
+  Fine-tuned on (source, target) pairs, the encoder reads the framed source and the decoder
+  writes the framed target from its start token (T5 Sec 2.4, BART Sec 3.4)."""
   archs = ('encoder_decoder',)
+  decoder_start: str = 'pad'
 
   def terms(self, model, params, batch, rng):
     return base.vocab_terms('', decoder_scores(model, params, batch, rng), batch['weights'])
+
+  def pair_example(self, tokenizer, source, target, *, max_len, target_len):
+    """Source cut to max_len and target to target_len tokens, framing (its </s>) kept."""
+    cut = lambda ids, n: ids[:n - 1] + ids[-1:] if len(ids) > n else ids
+    framed_source = cut(frame(tokenizer, source, self.decoder_start), max_len)
+    framed_target = cut(frame(tokenizer, target, self.decoder_start), target_len)
+    row = seq2seq_example(framed_source, framed_target, source_len=max_len,
+                          target_len=target_len, pad_id=tokenizer.pad_id,
+                          start=start_id(tokenizer, self.decoder_start))
+    return row, framed_source
+
+  def target_tokens(self, tokenizer, ids):
+    return len(frame(tokenizer, ids, self.decoder_start))
+
+  def decoding(self, tokenizer):
+    return {**super().decoding(tokenizer),
+            'start_id': start_id(tokenizer, self.decoder_start)}
 
 
 @dataclasses.dataclass(frozen=True)
