@@ -100,8 +100,7 @@ def with_rules(fn: Callable, mesh: Mesh) -> Callable:
   """`fn` traced with `mesh` in force, so the activation constraints that modules name
   (layers.constrain -> constrain_activation) bind to it. Without them XLA's propagation may pick a
   parameter's layout for the activations: with FSDP it split the features over 'fsdp' and
-  gave every device the *whole* batch (gpt2-124m, batch 32 on 8 devices: 95 GB of
-  temporaries per device instead of ~10; research/plan.py measures it)."""
+  gave every device the *whole* batch (research/plan.py measures it; docs/performance.md)."""
   @functools.wraps(fn)
   def traced(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):

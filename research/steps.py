@@ -80,7 +80,7 @@ def update_if_finite(tx: optax.GradientTransformation, grads, params, opt_state,
 
   A `lax.cond` rather than an elementwise select of the new and old trees: the select keeps
   every old parameter and moment alive past the update, so XLA copied each donated buffer
-  before updating it (GPT-2 124M: ~1 GB of copies a step). Not optax.apply_if_finite: it checks
+  before updating it (docs/performance.md). Not optax.apply_if_finite: it checks
   only the gradients, keeps its counter inside the optimizer state (so no metric shows a
   skip, and every existing checkpoint would become a different model), and after its limit it
   *applies* the non-finite update.

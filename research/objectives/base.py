@@ -35,8 +35,8 @@ def token_terms(prefix: str, logits, targets, weights) -> dict[str, jax.Array]:
 
   A prediction is correct when the target's logit is the largest (equal to the max), which is
   argmax == target except on exact ties. Not jnp.argmax: XLA:CPU lowers it to a scalar
-  (value, index) reduction over the whole [batch, length, vocab] logits, measured at 17% of a
-  GPT-tiny train step; the max is the one the softmax already takes.
+  (value, index) reduction over the whole [batch, length, vocab] logits, a large share of a
+  small model's step (docs/performance.md); the max is the one the softmax already takes.
   """
   correct = token_correct(logits, targets)
   return {f'{prefix}loss': pair(cross_entropy(logits, targets) * weights, weights),
