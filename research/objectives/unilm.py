@@ -71,7 +71,7 @@ class UniLM(mlm.MaskedLM):
 @dataclasses.dataclass(frozen=True)
 class MaskedSeq2Seq(mlm.MaskedLM):
   """UniLM's seq2seq fine-tuning loss (Sec 2.4): masked target tokens under the seq2seq mask
-  (rows from tasks/seq2seq.py; masking per epoch by its `target_masking`)."""
+  (rows by `pair_example`; masking per epoch by `pair_corruptor`)."""
   name = 'masked_seq2seq'
   nsp: bool = False
   segments: tuple[int, int] = (0, 0)  # segment ids of source and target (seq2seq_segments)
