@@ -5,16 +5,10 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from configs import ranked_choice
 from research import checkpointing, finetune
-from tests.test_finetune import Pretrained, override, read_metrics
-
-
-@pytest.fixture(scope='module')
-def pretrained(small_corpus, tmp_path_factory):
-  return Pretrained(small_corpus, tmp_path_factory.mktemp('pretrained'))
+from tests.test_finetune import override, pretrained, read_metrics  # noqa: F401 (a fixture)
 
 
 def choice_dir(path, rows=24):
