@@ -7,7 +7,8 @@ recording (sys.setprofile) every call into a `research` function whose frame hol
 ConfigDict (an argument, a local or a closed-over variable, or a record with one as an
 attribute): the calls that pass the config on.
 A module's level is its height in the package's import graph (a module that imports nothing
-of the package is 0, one that imports it 1, ...). Printed for `finetune.run_finetune` and
+of the package is 0, one that imports it 1, ...; a package counts as importing its
+submodules, which a registry may load by name). Printed for `finetune.run_finetune` and
 `train.train_and_evaluate`: the modules entered, the calls from a lower-level module into a
 higher one ("climbs back up": a callback, or a helper that reaches for its caller's module),
 the returns across modules, and how often each module is entered from another. A design in
@@ -56,6 +57,9 @@ def import_levels() -> dict[str, int]:
         found.update(a.name for a in node.names if a.name.startswith('research'))
     imports[name] = {m for m in found if m != name}
   known = set(imports)
+  # A package depends on its submodules: a registry may load them by name (importlib).
+  for name in known:
+    imports[name] |= {m for m in known if m.rpartition('.')[0] == name}
 
   @functools.cache
   def level(name, seen=frozenset()):
