@@ -28,7 +28,7 @@ defaults to t5-tiny, the others to BERT-tiny.
 
 Expected (task=sentiment, defaults: 3 epochs = 956 steps, ~2 min on a 2-core CPU): dev
 accuracy ~72% from random weights (majority class: 60%); a tiny BERT pretrained 3,000 steps on
-Austen reaches only ~68% (too little pretraining to help this task; README "Reproductions").
+Austen reaches only ~68% (too little pretraining to help this task; docs/reproductions.md).
 task=paraphrase, 300 steps: ~63% pretrained vs ~60% from random weights (chance: 50%).
 """
 import pathlib

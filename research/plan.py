@@ -28,7 +28,7 @@ estimate puts far over the budget are skipped without compiling.
 
 The analytic activations follow Korthikanti et al. (2022), an idealised implementation (16-bit
 softmax output, fused kernels); this code's attention keeps its masked logits and softmax in
-float32, so the compiled figure is higher (see README "Scaling out").
+float32, so the compiled figure is higher (see docs/scaling.md).
 """
 from __future__ import annotations
 
