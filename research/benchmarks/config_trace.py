@@ -57,8 +57,10 @@ def import_levels() -> dict[str, int]:
         found.update(a.name for a in node.names if a.name.startswith('research'))
     imports[name] = {m for m in found if m != name}
   known = set(imports)
-  # A package depends on its submodules: a registry may load them by name (importlib).
+  # A package depends on its submodules (a registry may load them by name, importlib); a
+  # submodule's import of its own package is then not a dependency (it would be a circle).
   for name in known:
+    imports[name] = {m for m in imports[name] if not name.startswith(m + '.')}
     imports[name] |= {m for m in known if m.rpartition('.')[0] == name}
 
   @functools.cache
