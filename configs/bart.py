@@ -11,7 +11,7 @@ permute, insert, rotate; the default infilling,permute is BART's best (Sec 4.2):
 words masked in Poisson(3) spans, one [MASK] each, sentences shuffled.
 
 Expected (variant=tiny, defaults, 2-core CPU): a few minutes for 600 steps; held-out
-reconstruction perplexity far below the unigram baseline's (README "T5 and BART").
+reconstruction perplexity far below the unigram baseline's (docs/finetuning.md, seq2seq tasks).
 """
 from configs import base
 

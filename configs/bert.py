@@ -6,7 +6,7 @@ variant: a BERT size (tiny, mini, small, medium, base, large; research/models/pr
 nsp=0 gives BERT Table 5's "No NSP" ablation.
 
 Expected (variant=tiny, defaults, 2-core CPU): ~1 minute for 600 steps; held-out MLM accuracy
-well above the unigram baseline (see README "Results").
+well above the unigram baseline (README "Quick start").
 """
 from configs import base
 

@@ -28,7 +28,7 @@ defaults to t5-tiny, the others to BERT-tiny.
 
 Expected (task=sentiment, defaults: 3 epochs = 956 steps, ~2 min on a 2-core CPU): dev
 accuracy ~72% from random weights (majority class: 60%); a tiny BERT pretrained 3,000 steps on
-Austen reaches only ~68% (too little pretraining to help this task; README "Reproductions").
+Austen reaches only ~68% (too little pretraining to help this task; docs/reproductions.md).
 task=paraphrase, 300 steps: ~63% pretrained vs ~60% from random weights (chance: 50%).
 """
 import pathlib
@@ -70,6 +70,7 @@ def add_fields(c: ml_collections.ConfigDict) -> None:
   c.task.dev_fraction = 0.0         # >0 and no dev file: hold out this fraction of train as dev (stratified by label; research/tasks/holdout.py)
   c.task.dev_seed = 0               # which examples dev_fraction holds out; fixed apart from train.seed so seeds share one dev set
   c.task.type = ''                  # '' = from format (conll: tagging, squad: span, else classification); or regression, multiple_choice, seq2seq
+  c.task.style = ''                 # research/tasks/styles/ module ('' = the type's: classification, tagging, span, seq2seq; text_to_text with finetune.text_to_text)
   c.task.text_columns = 'sentence'  # comma-separated: one column (single sentence) or two (pair); MC: the shared context
   c.task.label_column = 'label'     # class name / number (regression) / index of the right choice
   c.task.choice_columns = ''        # multiple choice: comma-separated columns, or one list-valued JSON key

@@ -8,7 +8,7 @@ prefix=1: T5's prefix LM instead (each window split at a random point; the prefi
 bidirectionally, the rest left to right; research/objectives/prefix_lm.py).
 
 Expected (variant=tiny, defaults, 2-core CPU): ~1 minute for 600 steps; held-out perplexity
-far below the unigram baseline (see README "Results").
+far below the unigram baseline (README "Quick start").
 """
 from configs import base
 

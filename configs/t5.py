@@ -9,7 +9,8 @@ them dropped in spans of mean length 3 and replaced by sentinels; the decoder wr
 29-token target (t5 `random_spans_helper`).
 
 Expected (variant=tiny, defaults, 2-core CPU): a few minutes for 600 steps; held-out
-perplexity of the span targets well below the unigram baseline's (README "T5 and BART").
+perplexity of the span targets well below the unigram baseline's (docs/finetuning.md,
+seq2seq tasks).
 """
 from configs import base
 

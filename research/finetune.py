@@ -2,13 +2,16 @@
 
 BERT Sec 4 / Fig. 4, GPT-1 Sec 3.2-3.3 / Fig. 1 and BART Sec 3.1: every parameter is updated,
 only the head starts from scratch. Seq2seq tasks (and classification cast as text to text,
-T5 Sec 2.4) train the pretraining model itself on the target text. `config.finetune.init_from`
-names a pretraining workdir or a Hugging Face model directory (empty: the same architecture
-from random weights, the "no pretraining" baseline), read by `loading.load_params` (params
-only); `config.task` names the data (research/tasks/task.py). The step is the one train step
-of research/steps.py and the loop pretraining's (loop.py): one jitted step with shardings and
-donation, Orbax checkpoints holding params, optimizer, PRNG and the input iterator (so a
-killed run resumes exactly), metrics.jsonl through the Reporter.
+T5 Sec 2.4) train the pretraining model itself on the target text. What differs between
+those is the task style (research/tasks/styles/: how examples become batches, which loss
+terms, how outputs become predictions and scores); this module is the loop around it.
+`config.finetune.init_from` names a pretraining workdir or a Hugging Face model directory
+(empty: the same architecture from random weights, the "no pretraining" baseline), read by
+`loading.load_params` (params only); `config.task` names the data (research/tasks/task.py).
+The step is the one train step of research/steps.py and the loop pretraining's (loop.py):
+one jitted step with shardings and donation, Orbax checkpoints holding params, optimizer,
+PRNG and the input iterator (so a killed run resumes exactly), metrics.jsonl through the
+Reporter.
 
 A fine-tuning workdir is self-contained: `pretrained.json` records the architecture and where
 it came from, `model.json` the architecture alone, and the tokenizer is copied in
@@ -28,7 +31,7 @@ import json
 import math
 import os
 import shutil
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -37,24 +40,16 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from research import (checkpointing, flops, generate, loading, loop, models, optim, reporting,
+from research import (checkpointing, flops, loading, loop, models, optim, reporting,
                       sharding, state as state_lib, steps)
 from research import atomic_file  # predictions: whole or not at all
 from research.data import tokenizer as tokenizer_lib
-from research.models import task_model
 from research.models.config import ModelConfig
-from research.objectives.clm import CausalLM
-from research.objectives.prefix_lm import PrefixLM
-from research.objectives.seq2seq import Seq2SeqLM, start_id
-from research.objectives.unilm import MaskedSeq2Seq
-from research.tasks import encoding, features, losses, seq2seq
+from research.tasks import features, styles
 from research.tasks.task import Task, load_task
 
 PRETRAINED_FILE = 'pretrained.json'
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-# Input style of head tasks per arch: BERT's [CLS] A [SEP] B [SEP], GPT-1's start A delim B
-# extract; BART classifies "[CLS] A [SEP] B [SEP]" read by encoder and decoder alike.
-DEFAULT_STYLES = {'encoder': 'bert', 'decoder': 'gpt', 'encoder_decoder': 'bert'}
 
 
 @dataclasses.dataclass
@@ -62,23 +57,28 @@ class FineTune:
   """What a fine-tuning config resolves to before any step runs (shared by train and eval)."""
   config: ml_collections.ConfigDict  # resolved: train.steps and warmup follow the data
   workdir: str
-  mesh: Any
-  task: Task
-  tokenizer: Any
+  mesh: jax.sharding.Mesh
+  task: Task  # as the style reads it (text-to-text: sources and label words)
+  tokenizer: Any  # research.data.tokenizer.Tokenizer interface
   model_cfg: ModelConfig
-  # How examples become arrays: encoding.InputStyle (head tasks) or seq2seq.Seq2SeqStyle.
-  style: Any
-  # Text-to-text: the model writes text (seq2seq tasks, or classification cast as text with
-  # these label words); else a task head reads the backbone's states.
-  generates: bool
-  label_words: tuple[str, ...]
-  model: Any  # task_model.TaskModel, or models.build(model_cfg) when `generates`
-  objective: Any  # losses.TaskObjective, or the pretraining LM objective when `generates`
+  style: styles.TaskStyle  # owns the model, the objective, encoding and predictions
   splits: dict[str, features.EncodedSplit]
-  tx: Any
+  abstract_params: Any  # ShapeDtypeStructs with shardings: what a checkpoint's params fill
+
+
+class Training(NamedTuple):
+  """What training adds to a FineTune (evaluation restores params without any of it)."""
+  tx: Any  # optax.GradientTransformation
   abstract_state: state_lib.TrainState
   init_state: Any  # () -> TrainState (random weights everywhere)
-  corrupt: Any = None  # (row, rng) -> row: per-epoch noise of training rows, or None
+
+
+def training_state(ft: FineTune) -> Training:
+  """The optimizer and the sharded TrainState layout of a fine-tuning run."""
+  tx = optim.make_optimizer(ft.config.optim, ft.config.train.steps)
+  abstract, init = state_lib.sharded_init(ft.style.init_params(ft.splits['train']), tx,
+                                          ft.config.train.seed, ft.mesh)
+  return Training(tx, abstract, init)
 
 
 def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
@@ -106,7 +106,7 @@ def _architecture(config, workdir: str, task: Task, mesh, need_params: bool):
                                  scan_layers=config.model.get('scan_layers'))
     model_cfg, tok = loaded.cfg, loaded.tokenizer
   else:
-    path = config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
+    path = loading.tokenizer_path(workdir, config.data.tokenizer.path)
     if config.data.tokenizer.path:  # e.g. the pretrained models' tokenizer, for a fair baseline
       tok = tokenizer_lib.Tokenizer.load(path)
     else:
@@ -153,99 +153,31 @@ def _resolve(config, num_train: int) -> ml_collections.ConfigDict:
   return config.lock()
 
 
-def build(config: ml_collections.ConfigDict, workdir: str,
-          need_params: bool = False) -> tuple[FineTune, Any]:
-  """Reads and encodes the task, resolves the model and plans the sharded state; with
-  `need_params` (a run without a checkpoint yet) also loads init_from's weights
-  (loading.Loaded, else None)."""
+def make_finetune(config: ml_collections.ConfigDict, workdir: str,
+                  need_params: bool = False) -> tuple[FineTune, Any]:
+  """Reads the task, resolves the model and its task style, encodes every split and plans the
+  sharded params; with `need_params` (a run without a checkpoint yet) also loads init_from's
+  weights (loading.Loaded, else None)."""
   mesh = sharding.make_mesh(config.mesh)
   task = load_task(config.task)
   if task.dropped.total and jax.process_index() == 0:  # once per run (readers.DroppedRows)
     logging.warning('%s', task.dropped.message())
   model_cfg, tok, loaded = _architecture(config, workdir, task, mesh, need_params)
   model_cfg.check_length(config.data.max_seq_len)
-  ft_cfg = config.finetune
-  text_to_text = ft_cfg.text_to_text and task.type == 'classification'
-  generates = task.type == 'seq2seq' or text_to_text
-  label_words = ()
-  if text_to_text:
-    label_words = _split(ft_cfg.label_words) or task.labels
-    if len(label_words) != len(task.labels):
-      raise ValueError(f'--config.finetune.label_words has {len(label_words)} words for '
-                       f'{len(task.labels)} classes {task.labels}; give one word per class')
-    names = _split(config.task.text_columns)
-    task = dataclasses.replace(task, splits={
-        name: seq2seq.as_text_to_text(examples, label_words, task.labels, names)
-        for name, examples in task.splits.items()})
-  corrupt = None
-  if generates:
-    style = seq2seq.Seq2SeqStyle.create(model_cfg, tok, ft_cfg.bidirectional_prompt)
-    target_len = seq2seq.target_length(style, config.data.max_seq_len,
-                                       config.task.max_target_len)
-    if model_cfg.arch == 'encoder_decoder':
-      model_cfg.check_length(target_len, 'target')
-    seq2seq.check_label_words(label_words, tok, style, target_len)
-    splits = {name: features.encode_seq2seq_split(examples, tok, style,
-                                                  config.data.max_seq_len, target_len)
-              for name, examples in task.splits.items()}
-    model = models.build(model_cfg)
-    objective = {'encoder_decoder': Seq2SeqLM(),
-                 'decoder': (PrefixLM if ft_cfg.bidirectional_prompt else CausalLM)(
-                     max_predictions=target_len),
-                 'encoder': MaskedSeq2Seq(max_predictions=config.data.max_seq_len),
-                 }[model_cfg.arch]
-    if model_cfg.arch == 'encoder':  # UniLM: masked targets, redrawn each epoch in training
-      corrupt = seq2seq.target_masking(style, ft_cfg.seq2seq_mask_prob)
-      splits = {name: _masked_once(split, corrupt, config.train.seed) if name != 'train'
-                else split for name, split in splits.items()}
-  else:
-    style_name = ft_cfg.input_style
-    style = encoding.InputStyle.create(
-        DEFAULT_STYLES[model_cfg.arch] if style_name == 'auto' else style_name, tok)
-    splits = {name: features.encode_split(task, examples, tok, style, config.data.max_seq_len,
-                                          config.task)
-              for name, examples in task.splits.items()}
-    model = task_model.TaskModel(model_cfg, task.type, task.num_outputs,
-                                 bilstm_size=ft_cfg.bilstm_size,
-                                 decoder_start_id=start_id(tok, model_cfg.decoder_start))
-    objective = losses.TaskObjective(task.type, ft_cfg.lm_loss_weight
-                                     if model_cfg.arch == 'decoder' else 0.0)
+  style = styles.create(config, task, model_cfg, tok)
+  splits = {name: style.encode(name, examples) for name, examples in style.task.splits.items()}
   config = _resolve(config, splits['train'].num_features)
-  tx = optim.make_optimizer(config.optim, config.train.steps)
-  train_ids = splits['train'].arrays['input_ids']
-  if generates:
-    init_params = functools.partial(models.init_params, model, length=config.data.max_seq_len)
-  else:
-    num_views = train_ids.shape[1] if train_ids.ndim == 3 else 1
-    init_params = functools.partial(task_model.init_params, model, config.data.max_seq_len,
-                                    num_views)
-  abstract, init = state_lib.sharded_init(init_params, tx, config.train.seed, mesh)
-  return FineTune(config, workdir, mesh, task, tok, model_cfg, style, generates, label_words,
-                  model, objective, splits, tx, abstract, init, corrupt), loaded
-
-
-def _masked_once(split, corrupt, seed: int):
-  """An evaluation split with its noise drawn once, per example, from (seed, index)."""
-  rows = [corrupt({k: v[i] for k, v in split.arrays.items()}, np.random.default_rng([seed, i]))
-          for i in range(split.num_features)]
-  arrays = {k: np.stack([r[k] for r in rows]) for k in split.arrays}
-  return dataclasses.replace(split, arrays=arrays)
-
-
-def _split(value: str) -> tuple[str, ...]:
-  return tuple(v.strip() for v in value.split(',') if v.strip())
+  abstract = state_lib.abstract_params(style.init_params(splits['train']), mesh)
+  return FineTune(config, workdir, mesh, style.task, tok, model_cfg, style, splits,
+                  abstract), loaded
 
 
 def _load_pretrained(ft: FineTune, state: state_lib.TrainState, loaded) -> state_lib.TrainState:
-  """Replaces the fresh weights of the pretrained part (all of them for a text-writing model,
-  the backbone under a task head) by the loaded ones, checked leaf by leaf. Adam's moments
-  start at zero either way, so only params change."""
-  if ft.generates:
-    key, target, source = None, ft.abstract_state.params, loaded.params
-  else:
-    key = task_model.BACKBONES[ft.model_cfg.arch]
-    target = ft.abstract_state.params[key]
-    source = task_model.pretrained_backbone(loaded.cfg, loaded.params)
+  """Replaces the fresh weights of the pretrained part (the style's: all of them for a
+  text-writing model, the backbone under a task head) by the loaded ones, checked leaf by
+  leaf. Adam's moments start at zero either way, so only params change."""
+  key, source = ft.style.pretrained(loaded)
+  target = ft.abstract_params if key is None else ft.abstract_params[key]
   want = jax.tree_util.tree_flatten_with_path(target)[0]
   have = dict(jax.tree_util.tree_flatten_with_path(source)[0])
   for path, leaf in want:
@@ -262,18 +194,14 @@ def _load_pretrained(ft: FineTune, state: state_lib.TrainState, loaded) -> state
 
 def make_eval_fn(ft: FineTune):
   """evaluate(params, split) -> (metrics, predictions): task metrics plus mean loss terms."""
-  config = ft.config
-  batch_size = config.train.eval_batch_size
-  if batch_size % ft.mesh.devices.size:
-    raise ValueError(f'--config.train.eval_batch_size={batch_size} must be divisible by the '
-                     f'{ft.mesh.devices.size} devices')
-  shardings = state_lib.shardings_of(ft.abstract_state)
-  replicated = NamedSharding(ft.mesh, P())
+  batch_size = ft.config.train.eval_batch_size
+  sharding.check_batch('--config.train.eval_batch_size', batch_size, ft.mesh)
+  shardings = jax.tree.map(lambda x: x.sharding, ft.abstract_params)
   # Outputs are gathered onto every device so each process can read all predictions.
-  step_fn = steps.eval_step if ft.generates else losses.eval_step
-  eval_step = jax.jit(functools.partial(step_fn, model=ft.model, objective=ft.objective),
-                      in_shardings=(shardings.params, sharding.batch_sharding(ft.mesh)),
-                      out_shardings=replicated)
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=ft.style.model,
+                                        objective=ft.style.objective),
+                      in_shardings=(shardings, sharding.batch_sharding(ft.mesh)),
+                      out_shardings=NamedSharding(ft.mesh, P()))
 
   def batches(split):
     for start in range(0, split.num_features, batch_size):
@@ -286,48 +214,20 @@ def make_eval_fn(ft: FineTune):
     split = ft.splits[split_name]
     totals, outputs = None, []
     for pad, batch in batches(split):
-      out = jax.device_get(eval_step(params, batch))
-      terms, out = (out, None) if ft.generates else out
+      terms, out = jax.device_get(eval_step(params, batch))
       totals = terms if totals is None else jax.tree.map(np.add, totals, terms)
-      if out is not None:
-        outputs.append({k: v[:batch_size - pad] for k, v in out.items()})
-    if ft.generates:
-      predictions = _decode(ft, params, split)
-    else:
-      outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-      predictions = features.to_predictions(ft.task, split, outputs, config.task)
+      outputs.append({k: v[:batch_size - pad] for k, v in out.items()})
+    outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    predictions = ft.style.predictions(params, split, outputs)
     metrics = {}
     if split.labelled:
-      means = {k: float(v[0] / max(v[1], 1e-9)) for k, v in totals.items()}
-      if ft.generates:  # teacher-forced loss of the target tokens (all, or the masked ones)
-        means = ft.objective.summarize(means)
-        means['perplexity'] = float(np.exp(means['loss']))
+      means = ft.style.loss_metrics({k: float(v[0] / max(v[1], 1e-9)) for k, v in totals.items()})
       # Token accuracies are the objective's; the task's own metrics follow.
       metrics = {k: float(v) for k, v in means.items() if not k.endswith('accuracy')}
-      metrics.update(ft.task.score(split.examples, predictions))
+      metrics.update(ft.style.score(split.examples, predictions))
     return metrics, predictions
 
   return evaluate
-
-
-def _decode(ft: FineTune, params, split) -> list:
-  """The model's output text for each example (greedy or beam search), or for text-to-text
-  classification the class index whose word it wrote (-1: none)."""
-  config, tok = ft.config, ft.tokenizer
-  budget = (split.arrays['targets'].shape[1] if ft.model_cfg.arch == 'encoder_decoder'
-            else seq2seq.target_length(ft.style, config.data.max_seq_len,
-                                       config.task.max_target_len))
-  texts = []
-  for start in range(0, len(split.prompts), config.train.eval_batch_size):
-    new = generate.generate(ft.model, params,
-                            split.prompts[start:start + config.train.eval_batch_size],
-                            max_new_tokens=budget, eos_id=ft.style.end_id, pad_id=tok.pad_id,
-                            start_id=ft.style.start_id, num_beams=config.finetune.num_beams,
-                            bidirectional_prompt=ft.style.bidirectional_prompt)
-    texts += [tok.decode(ids) for ids in new]
-  if ft.label_words:
-    return [seq2seq.label_of(t, ft.label_words) for t in texts]
-  return texts
 
 
 def _write_predictions(ft: FineTune, split_name: str, predictions: list):
@@ -335,7 +235,7 @@ def _write_predictions(ft: FineTune, split_name: str, predictions: list):
     return
   directory = os.path.join(ft.workdir, 'predictions')
   os.makedirs(directory, exist_ok=True)
-  rows = features.prediction_rows(ft.task, ft.splits[split_name], predictions)
+  rows = ft.style.prediction_rows(ft.splits[split_name], predictions)
   atomic_file.write_text(os.path.join(directory, f'{split_name}.tsv'), '\n'.join(rows) + '\n')
 
 
@@ -358,37 +258,12 @@ def _train_dataset(ft: FineTune) -> grain.IterDataset:
   arrays = ft.splits['train'].arrays
   rows = [{k: v[i] for k, v in arrays.items()} for i in range(len(arrays['input_ids']))]
   ds = grain.MapDataset.source(rows).seed(ft.config.train.seed).shuffle().repeat()
-  if ft.corrupt is not None:  # drawn before sharding: keyed by the global stream position
-    ds = ds.random_map(ft.corrupt)
+  corrupt = ft.style.corruptor()
+  if corrupt is not None:  # drawn before sharding: keyed by the global stream position
+    ds = ds.random_map(corrupt)
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.batch(ft.config.train.batch_size // jax.process_count(), drop_remainder=True)
   return ds.to_iter_dataset(_READ_OPTIONS)
-
-
-def _flops_per_step(ft: FineTune) -> float:
-  """Model FLOPs of one step: task models read each view (pair order, choice) of an example;
-  encoder-decoders read a head task's input with both stacks; the LM head counts when its
-  logits are trained (seq2seq, or a decoder's auxiliary LM loss)."""
-  cfg, arrays = ft.model_cfg, ft.splits['train'].arrays
-  views = int(np.prod(arrays['input_ids'].shape[1:-1]))  # 1, or pair orders / choices
-  length = arrays['input_ids'].shape[-1]
-  if ft.generates:
-    target = arrays['targets'].shape[-1] if cfg.arch == 'encoder_decoder' else 0
-    per_example = flops.model_flops(cfg, length=length, target_length=target,
-                                    vocab_positions=ft.objective.vocab_positions(length))
-  else:
-    lm = getattr(ft.objective, 'lm_loss_weight', 0) > 0
-    per_example = views * flops.model_flops(
-        cfg, length=length, target_length=length if cfg.arch == 'encoder_decoder' else 0,
-        vocab_positions=length if lm else 0)
-  return per_example * ft.config.train.batch_size
-
-
-def _check_batch(config, mesh):
-  size, accum = config.train.batch_size, config.train.grad_accum_steps
-  if size % (mesh.devices.size * accum) or size % jax.process_count():
-    raise ValueError(f'--config.train.batch_size={size} must be divisible by the '
-                     f'{mesh.devices.size} devices x {accum} accumulation steps')
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -396,48 +271,43 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
   of every labelled evaluation split, keyed '<split>/<metric>'."""
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.checkpoint.keep)
-  latest = ckpt.latest_step()
-  ft, pretrained = build(config, workdir, need_params=latest is None)
+  ft, pretrained = make_finetune(config, workdir, need_params=ckpt.latest_step() is None)
   config = ft.config
   is_chief = jax.process_index() == 0
   if is_chief:
     reporting.write_run_info(workdir, config)
-  _check_batch(config, ft.mesh)
+  sharding.check_batch('--config.train.batch_size', config.train.batch_size, ft.mesh,
+                       config.train.grad_accum_steps)
   data_iter = iter(_train_dataset(ft))
-  if latest is None:
-    state = ft.init_state()
-    if pretrained:
-      state = _load_pretrained(ft, state, pretrained)
-  else:
-    state, data_state = ckpt.restore(ft.abstract_state)
-    data_iter.set_state(data_state)
-    logging.info('resumed fine-tuning from step %d of %s', state.step, workdir)
-
+  training = training_state(ft)
+  init = lambda: (_load_pretrained(ft, training.init_state(), pretrained) if pretrained
+                  else training.init_state())
+  state = loop.init_or_resume(ckpt, training.abstract_state, init, data_iter, workdir)
   train_step = loop.compile_step(
-      functools.partial(steps.train_step, model=ft.model, objective=ft.objective, tx=ft.tx,
-                        grad_accum_steps=config.train.grad_accum_steps),
-      ft.abstract_state, ft.mesh)
+      functools.partial(steps.train_step, model=ft.style.model, objective=ft.style.objective,
+                        tx=training.tx, grad_accum_steps=config.train.grad_accum_steps),
+      training.abstract_state, ft.mesh)
   evaluate = make_eval_fn(ft)
   arrays = ft.splits['train'].arrays
-  tokens = int(np.prod(arrays['input_ids'].shape[1:]))
-  if 'decoder_input_ids' in arrays:  # encoder-decoders count source and target tokens
-    tokens += arrays['decoder_input_ids'].shape[1]
+  length, target = flops.example_lengths(arrays)
+  views = int(np.prod(arrays['input_ids'].shape[1:-1]))  # pair orders / choices
   reporter = reporting.Reporter(
       workdir, total_steps=config.train.steps, log_every=config.train.log_every,
-      flops_per_step=_flops_per_step(ft), peak_flops=flops.peak_flops(ft.model_cfg.dtype),
-      tokens_per_step=config.train.batch_size * tokens,
+      flops_per_step=ft.style.flops_per_example(arrays) * config.train.batch_size,
+      peak_flops=flops.peak_flops(ft.model_cfg.dtype),
+      # Encoder-decoders count source and target tokens.
+      tokens_per_step=config.train.batch_size * (views * length + target),
       num_devices=ft.mesh.devices.size, start_step=int(state.step), is_chief=is_chief)
   start = int(state.step)
   if start == 0:
-    baseline = features.majority_baseline(ft.task, ft.task.splits['train'],
-                                          ft.task.splits['dev'])
     reporter.log_event(0, event='start', task=ft.task.name, task_type=ft.task.type,
-                       arch=ft.model_cfg.arch, init_from=config.finetune.init_from,
-                       params=state_lib.param_count(state.params),
+                       style=ft.style.name, arch=ft.model_cfg.arch,
+                       init_from=config.finetune.init_from,
+                       params=models.param_count(state.params),
                        train_examples=len(ft.task.splits['train']),
                        **ft.task.dropped.log_fields(),
                        **(ft.task.dev_split.log_fields() if ft.task.dev_split else {}),
-                       **{f'baseline/{k}': v for k, v in baseline.items()})
+                       **{f'baseline/{k}': v for k, v in ft.style.baseline().items()})
   else:
     reporter.log_event(start, event='resumed')
 
@@ -461,18 +331,19 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
 
 def evaluate_finetuned(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """`--mode=eval` of a fine-tuning workdir: every split of the latest checkpoint, appended to
-  metrics.jsonl (and predictions files rewritten)."""
+  metrics.jsonl (and predictions files rewritten). Only the params are restored (no
+  optimizer is built)."""
   if not os.path.exists(os.path.join(workdir, PRETRAINED_FILE)):
     raise checkpointing.CheckpointError(f'{workdir} holds no fine-tuning run ({PRETRAINED_FILE} '
                                         'missing); fine-tune first')
-  ft, _ = build(config, workdir)
+  ft, _ = make_finetune(config, workdir)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=ft.config.checkpoint.keep)
   step = ckpt.latest_step()
   if step is None:
     raise checkpointing.CheckpointError(f'no checkpoint in {workdir}/checkpoints; fine-tune '
                                         'first')
-  params = ckpt.restore_params(ft.abstract_state.params, step)
+  params = ckpt.restore_params(ft.abstract_params, step)
   ckpt.close()
   reporter = reporting.Reporter(workdir, total_steps=step, log_every=1, flops_per_step=None,
                                 peak_flops=None, tokens_per_step=0,

@@ -139,6 +139,13 @@ def model_flops(cfg, *, length: int, target_length: int = 0,
   return float(3 * forward if training else forward)
 
 
+def example_lengths(batch: dict) -> tuple[int, int]:
+  """(input length, decoder input length or 0) of a batch's examples (its objective's keys:
+  an encoder-decoder's decoder reads `decoder_input_ids`)."""
+  target = batch['decoder_input_ids'].shape[-1] if 'decoder_input_ids' in batch else 0
+  return batch['input_ids'].shape[-1], target
+
+
 def mfu(
     flops_per_step: float,
     step_time_s: float,

@@ -5,8 +5,9 @@ GPT-2 Sec 2). The prompt runs once ("prefill") and writes its keys and values in
 every later step feeds only the newest token and attends over the cache, so a step costs one
 token's forward pass instead of a pass over the whole prefix. An encoder-decoder (T5, BART)
 prefills by encoding the source once and caching every decoder layer's cross-attention keys
-and values, then decodes from its start token. Any model with `prefill` / `decode_step`
-(models/decoder.py, models/encoder_decoder.py) is served; nothing here knows GPT from T5.
+and values, then decodes from its start token. Any model with `prefill_inputs` / `prefill` /
+`decode_step` (models/decoder.py, encoder.py, encoder_decoder.py; models/prompting.py) is
+served: the model says how it starts and steps, so nothing here knows GPT from T5.
 
 The whole loop is one jitted `jax.lax.while_loop` (no Python per token). It is compiled once per
 (batch size, prompt bucket, cache length, strategy): prompts are left-padded to a power-of-two
@@ -30,11 +31,8 @@ import numpy as np
 
 from research import loading, models
 from research.models import attention
-from research.objectives import seq2seq
 
 
-_MIN_PROMPT_BUCKET = 16
-_NEW_TOKENS_BUCKET = 32  # the cache holds the prompt bucket + max_new_tokens rounded up to this
 _MAX_STOP_IDS = 8
 
 
@@ -80,40 +78,6 @@ class Generation:
   scores: np.ndarray | None = None  # [batch] beam search: length-normalised log-probability
 
 
-def plan_lengths(longest_prompt: int, max_new_tokens: int, max_len: int) -> tuple[int, int]:
-  """(prompt bucket, cache length): few distinct shapes, so few compilations."""
-  if longest_prompt + max_new_tokens > max_len:
-    raise ValueError(f'prompt of {longest_prompt} tokens + max_new_tokens={max_new_tokens} '
-                     f"exceeds the model's {max_len} positions; shorten the prompt or lower "
-                     'max_new_tokens')
-  bucket = max(_MIN_PROMPT_BUCKET, 1 << (longest_prompt - 1).bit_length())
-  prompt_len = min(bucket, max_len - max_new_tokens)
-  new = -(-max_new_tokens // _NEW_TOKENS_BUCKET) * _NEW_TOKENS_BUCKET
-  return prompt_len, min(prompt_len + new, max_len)
-
-
-def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
-  """Right-aligns prompts so every row's last prompt token sits in the same (last) slot.
-
-  Returns ids and attention mask, int32 [batch, length]."""
-  ids = np.full((len(prompts), length), pad_id, np.int32)
-  mask = np.zeros((len(prompts), length), np.int32)
-  for row, prompt in enumerate(prompts):
-    ids[row, length - len(prompt):] = prompt
-    mask[row, length - len(prompt):] = 1
-  return ids, mask
-
-
-def right_pad(sources: Sequence[Sequence[int]], length: int, pad_id: int):
-  """Encoder inputs: ids and attention mask, int32 [batch, length]."""
-  ids = np.full((len(sources), length), pad_id, np.int32)
-  mask = np.zeros((len(sources), length), np.int32)
-  for row, source in enumerate(sources):
-    ids[row, :len(source)] = source
-    mask[row, :len(source)] = 1
-  return ids, mask
-
-
 def prefill(model, params, inputs: dict, cache_len: int, bidirectional_prompt: bool = False):
   """The model's prefill of `inputs` (see `_prepare`) into a fresh cache of cache_len slots:
   (logits of the next token [batch, vocab] float32, cache, lengths [batch]); a row's next
@@ -130,9 +94,9 @@ def decode_step(model, params, tokens, positions, cache, slot):
 
 def greedy_token(logits: jax.Array) -> jax.Array:
   """jnp.argmax(logits, -1) (the first index of the max) as two vectorised reductions.
-  XLA:CPU lowers argmax to a scalar (value, index) reduction: over GPT-2's 50,257 logits it
-  takes 1.8 ms a step at batch 8 against 0.23 ms for this (measured, issue 13). NaN rows,
-  which have no max, give the last index instead of the NaN's."""
+  XLA:CPU lowers argmax to a scalar (value, index) reduction, several times slower over a
+  GPT-2 vocabulary than these two (docs/performance.md). NaN rows, which have no max, give
+  the last index instead of the NaN's."""
   vocab = logits.shape[-1]
   is_max = logits == logits.max(-1, keepdims=True)  # [batch, vocab]
   index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
@@ -273,36 +237,13 @@ def _beam_loop(model, params, inputs, max_new, stop_ids, alpha, *, cache_len, pr
 
 def _prepare(model, prompts: Sequence[Sequence[int]], decoding: Decoding, pad_id: int,
              start_id: int | None):
-  """(prefill inputs, stop ids, prompt_len, cache_len) of token-id prompts.
-
-  A decoder continues its prompts (left-padded to a power-of-two bucket); an encoder-decoder
-  encodes them as sources (right-padded to a bucket) and starts its decoder at `start_id`;
-  an encoder (UniLM's seq2seq mask) reads them as sources and predicts each next token at a
-  `start_id` ([MASK]) placed after the text so far.
-  """
+  """(prefill inputs, stop ids, prompt_len, cache_len) of token-id prompts, padded and
+  bucketed as the model reads them (its `prefill_inputs`, models/prompting.py)."""
   if not prompts or min(map(len, prompts)) < 1:
     raise ValueError('empty prompt: give every row at least one token (the text helpers start '
                      'each prompt with the end-of-text token)')
-  cfg = model.cfg
-  longest = max(len(p) for p in prompts)
-  if cfg.arch == 'encoder_decoder':
-    if start_id is None:
-      raise ValueError('an encoder-decoder needs start_id, its decoder start token')
-    cfg.check_length(longest, 'source')
-    source_len, _ = plan_lengths(longest, 1, cfg.max_len)
-    _, cache_len = plan_lengths(1, decoding.max_new_tokens, cfg.max_len)
-    ids, mask = right_pad(prompts, source_len, pad_id)
-    inputs = {'source_ids': ids, 'source_mask': mask,
-              'start_ids': np.full(len(prompts), start_id, np.int32)}
-    prompt_len = 1
-  else:
-    prompt_len, cache_len = plan_lengths(longest, decoding.max_new_tokens, cfg.max_len)
-    ids, mask = left_pad(prompts, prompt_len, pad_id)
-    inputs = {'ids': ids, 'mask': mask}
-    if cfg.arch == 'encoder':  # UniLM-style: each next token is predicted at a [MASK]
-      if start_id is None:
-        raise ValueError('an encoder generates by predicting a [MASK]: pass its id as start_id')
-      inputs['start_ids'] = np.full(len(prompts), start_id, np.int32)
+  inputs, prompt_len, cache_len = model.prefill_inputs(prompts, decoding.max_new_tokens, pad_id,
+                                                       start_id)
   # A fixed-size array (-1 matches no token), so adding an EOS does not recompile the loop.
   stop_ids = np.full(_MAX_STOP_IDS, -1, np.int32)
   stop_ids[:len(decoding.stop_ids)] = decoding.stop_ids
@@ -365,22 +306,14 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
 
 def generate_text(model, params, tokenizer, prompts: Sequence[str], **decoding: Any) -> list[str]:
   """Text continuations of text prompts (a decoder), or target texts of source texts (an
-  encoder-decoder); generation stops at the tokenizer's EOS.
-
-  A decoder's prompt is preceded by the end-of-text token, which is how every training
-  document starts (documents are packed with EOS between them, objectives/clm.py), so the
-  model reads the prompt as the beginning of a text. A source is framed as the model's
-  pretraining framed it (objectives/seq2seq.py `frame`).
+  encoder-decoder, an encoder under the seq2seq mask); each model says how it reads a text
+  and where its output ends (its `text_prompt`, models/prompting.py).
   """
-  cfg = model.cfg
-  if cfg.arch == 'encoder_decoder':
-    sources = [seq2seq.frame(tokenizer, tokenizer.encode(p), cfg.decoder_start) for p in prompts]
-    new = generate(model, params, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   start_id=seq2seq.start_id(tokenizer, cfg.decoder_start), **decoding)
-    return [tokenizer.decode(n) for n in new]
-  ids = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]
-  new = generate(model, params, ids, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, **decoding)
-  return [continuation(tokenizer, p, n) for p, n in zip(ids, new)]
+  framed = [model.text_prompt(tokenizer, p) for p in prompts]
+  first = framed[0]
+  new = generate(model, params, [f.ids for f in framed], eos_id=first.stop_id,
+                 pad_id=tokenizer.pad_id, start_id=first.start_id, **decoding)
+  return [continuation(tokenizer, f.context, n) for f, n in zip(framed, new)]
 
 
 def continuation(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:

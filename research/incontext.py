@@ -167,7 +167,7 @@ def run_incontext_eval(config, workdir: str, *, shots: Sequence[int] = (0, 1, 4)
   documents, for a decoder workdir. The context is capped at the trained sequence length:
   positions beyond it were never trained."""
   cfg, params, tokenizer, _ = loading.load_params(workdir)
-  if cfg.arch != 'decoder':
+  if not models.reads_left_to_right(cfg):
     raise ValueError(f'{workdir} holds an {cfg.arch}; in-context evaluation scores a decoder '
                      '(a left-to-right LM)')
   model = models.build(cfg)

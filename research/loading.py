@@ -16,11 +16,10 @@ import json
 import os
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
-from research import checkpointing, models, sharding
+from research import checkpointing, models, state
 from research.models import scan_layout
 from research.models.config import ModelConfig
 
@@ -58,15 +57,18 @@ def read_model_config(workdir: str) -> ModelConfig:
     return ModelConfig(**json.load(f))
 
 
-def tokenizer_path(workdir: str) -> str:
-  """The SentencePiece model a workdir trained with: config.json's data.tokenizer.path, else
-  <workdir>/tokenizer.model."""
+def tokenizer_path(workdir: str, configured: str = '') -> str:
+  """The SentencePiece model of a workdir, by one rule for training, fine-tuning and loading:
+  `configured` (config.data.tokenizer.path), else the path the workdir's config.json names,
+  else <workdir>/tokenizer.model."""
+  if configured:
+    return configured
   config_path = os.path.join(workdir, 'config.json')
   if os.path.exists(config_path):
     with open(config_path, encoding='utf-8') as f:
-      configured = json.load(f).get('data', {}).get('tokenizer', {}).get('path')
-    if configured:
-      return configured
+      recorded = json.load(f).get('data', {}).get('tokenizer', {}).get('path')
+    if recorded:
+      return recorded
   return os.path.join(workdir, 'tokenizer.model')
 
 
@@ -81,18 +83,9 @@ def load_tokenizer(workdir: str):
   return Tokenizer.load(path)
 
 
-def abstract_params(cfg: ModelConfig, mesh: Mesh | None = None):
-  """ShapeDtypeStructs of models.build(cfg)'s params laid out over `mesh` by the logical rules
-  (default: on the first local device)."""
-  model = models.build(cfg)
-  boxed = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
-  if mesh is None:
-    device = SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, nn.meta.unbox(boxed))
-  else:
-    shardings = sharding.state_shardings(boxed, mesh)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      nn.meta.unbox(boxed), shardings)
+def _restore_target(cfg: ModelConfig, mesh: Mesh | None = None):
+  """ShapeDtypeStructs (with shardings) of models.build(cfg)'s params."""
+  return state.abstract_params(lambda rng: models.init_params(models.build(cfg), rng), mesh)
 
 
 def load_params(path: str, step: int | None = None, mesh: Mesh | None = None, *,
@@ -107,7 +100,7 @@ def load_params(path: str, step: int | None = None, mesh: Mesh | None = None, *,
     imported = convert.load(path)
     cfg, params, tokenizer, step = imported.cfg, imported.params, imported.tokenizer, 0
     if mesh is not None and scan_layers in (None, cfg.scan_layers):
-      params = jax.device_put(params, _shardings(abstract_params(cfg, mesh)))
+      params = jax.device_put(params, _shardings(_restore_target(cfg, mesh)))
   else:
     # Training writes model.json before its first checkpoint: without it, nothing is trained.
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_FILE)):
@@ -122,13 +115,13 @@ def load_params(path: str, step: int | None = None, mesh: Mesh | None = None, *,
       if step is None:
         raise checkpointing.CheckpointError(f'no checkpoint in {path}/checkpoints; train first '
                                             'or point at a trained run')
-      params = ckpt.restore_params(abstract_params(cfg, mesh), step)
+      params = ckpt.restore_params(_restore_target(cfg, mesh), step)
     finally:
       ckpt.close()
   if scan_layers is not None and scan_layers != cfg.scan_layers:
     cfg = cfg.replace(scan_layers=scan_layers)
     params = jax.device_put(scan_layout.to_layout(params, scan_layers),
-                            _shardings(abstract_params(cfg, mesh)))
+                            _shardings(_restore_target(cfg, mesh)))
   return Loaded(cfg, params, tokenizer, step)
 
 

@@ -48,6 +48,18 @@ class Diverged(RuntimeError):
   """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
+def init_or_resume(ckpt: checkpointing.Checkpointer, abstract_state, init_state: Callable,
+                   data_iter, workdir: str):
+  """The state to train from: `init_state()` in a fresh workdir, else the newest checkpoint,
+  with the data iterator moved to where that checkpoint left it."""
+  if ckpt.latest_step() is None:
+    return init_state()
+  state, data_state = ckpt.restore(abstract_state)
+  data_iter.set_state(data_state)
+  logging.info('resumed from step %d of %s', state.step, workdir)
+  return state
+
+
 def compile_step(step_fn: Callable, abstract_state, mesh) -> Callable:
   """`step_fn(state, batch) -> (state, metrics)` jitted once: the state keeps the shardings
   planned for it (state.py), the batch is split over the mesh's data axes, and the input state

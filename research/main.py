@@ -4,8 +4,8 @@
       [--config.train.steps=2000 ...] [--mode=train|eval|generate]
   python -m research.main --config=configs/finetune.py:task=sentiment,init_from=/tmp/bert \
       --workdir=/tmp/bert_sentiment
-  python -m research.main --config=configs/gpt.py:variant=tiny --workdir=/tmp/gpt \
-      --mode=generate --prompt="It is a truth" --max_new_tokens=40 --temperature=0.8 --top_p=0.9
+  python -m research.main --workdir=/tmp/gpt --mode=generate --prompt="It is a truth" \
+      --max_new_tokens=40 --temperature=0.8 --top_p=0.9
 
 Re-running the same command resumes from the newest checkpoint in --workdir. Problems with
 the input (unknown config key, missing corpus, mismatched checkpoint, ...) end the run with a
@@ -35,8 +35,8 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from research import (checkpointing, finetune, generate, incontext, loading, loop, multihost,
-                      reporting, train, workdir_lock)
+from research import (checkpointing, finetune, generate, incontext, loading, loop, models,
+                      multihost, reporting, train, workdir_lock)
 from research.data import corpus
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
@@ -62,7 +62,7 @@ _COORDINATOR = flags.DEFINE_string(
     'host:port of process 0 for a multi-process run (auto-detected under SLURM).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 # Errors that describe bad input rather than a bug: reported in one line, no traceback.
 # OSError: the file system refused (permissions, no space left); the message names the path.
@@ -102,23 +102,25 @@ def hold_workdir(stack: contextlib.ExitStack, workdir: str) -> None:
 
 
 def run(config, workdir: str, mode: str):
+  if mode == 'generate':  # the workdir describes its model (loading.load_params)
+    texts = generate.run_generate(
+        workdir, _PROMPT.value, _PROMPTS_FILE.value, max_new_tokens=_MAX_NEW.value,
+        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+        num_beams=_NUM_BEAMS.value, length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
+    for text in texts:
+      print(text)
+    return None
+  if config is None:
+    raise ValueError(f'--mode={mode} needs --config (the experiment to train or evaluate)')
   is_finetune = 'task' in config
   if mode == 'train':
     return (finetune.run_finetune if is_finetune else train.train_and_evaluate)(config, workdir)
-  if mode == 'eval':
-    if is_finetune:
-      return finetune.evaluate_finetuned(config, workdir)
-    metrics = train.evaluate_checkpoint(config, workdir)
-    if loading.read_model_config(workdir).arch == 'decoder':
-      metrics.update(incontext.run_incontext_eval(config, workdir))
-    return metrics
-  texts = generate.run_generate(
-      workdir, _PROMPT.value, _PROMPTS_FILE.value, max_new_tokens=_MAX_NEW.value,
-      temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-      num_beams=_NUM_BEAMS.value, length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
-  for text in texts:
-    print(text)
-  return None
+  if is_finetune:
+    return finetune.evaluate_finetuned(config, workdir)
+  metrics = train.evaluate_checkpoint(config, workdir)
+  if models.reads_left_to_right(loading.read_model_config(workdir)):
+    metrics.update(incontext.run_incontext_eval(config, workdir))
+  return metrics
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -28,7 +28,7 @@ estimate puts far over the budget are skipped without compiling.
 
 The analytic activations follow Korthikanti et al. (2022), an idealised implementation (16-bit
 softmax output, fused kernels); this code's attention keeps its masked logits and softmax in
-float32, so the compiled figure is higher (see README "Scaling out").
+float32, so the compiled figure is higher (see docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from research import (loop, models, objectives, optim, reporting, sharding, state as state_lib,
-                      steps)
+from research import (flops, loop, models, objectives, optim, reporting, sharding,
+                      state as state_lib, steps)
 from research.models.config import ModelConfig
 from research.objectives import synthetic
 
@@ -200,9 +200,8 @@ def plan(config: ml_collections.ConfigDict, mesh_shape, remat: str, compile_: bo
   init_params = functools.partial(models.init_params, model, length=config.data.max_seq_len)
   abstract, _ = state_lib.sharded_init(init_params, tx, config.train.seed, mesh)
   batch = abstract_batch(config, cfg, objective, mesh)
-  lengths = (batch['input_ids'].shape[1],
-             batch['decoder_input_ids'].shape[1] if 'decoder_input_ids' in batch else 0)
-  n_params = state_lib.param_count(abstract.params)
+  lengths = flops.example_lengths(batch)
+  n_params = models.param_count(abstract.params)
   result = Plan(mesh=tuple(mesh_shape), remat=remat, params=per_device_bytes(abstract.params),
                 opt_state=per_device_bytes(abstract.opt_state), batch=per_device_bytes(batch),
                 analytic=analytic(cfg, config, mesh_shape, remat, n_params, lengths))

@@ -100,8 +100,7 @@ def with_rules(fn: Callable, mesh: Mesh) -> Callable:
   """`fn` traced with `mesh` in force, so the activation constraints that modules name
   (layers.constrain -> constrain_activation) bind to it. Without them XLA's propagation may pick a
   parameter's layout for the activations: with FSDP it split the features over 'fsdp' and
-  gave every device the *whole* batch (gpt2-124m, batch 32 on 8 devices: 95 GB of
-  temporaries per device instead of ~10; research/plan.py measures it)."""
+  gave every device the *whole* batch (research/plan.py measures it; docs/performance.md)."""
   @functools.wraps(fn)
   def traced(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
@@ -138,6 +137,16 @@ def state_shardings(abstract_boxed_state, mesh: Mesh):
 def batch_shards(mesh: Mesh) -> int:
   """How many ways a batch is split: the data axes' sizes ('model' replicates the batch)."""
   return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def check_batch(name: str, size: int, mesh: Mesh, accum: int = 1):
+  """A global batch (--config flag `name`) must split evenly over the devices, the gradient
+  accumulation steps and the processes."""
+  devices = mesh.devices.size
+  if size % (devices * accum) or size % jax.process_count():
+    raise ValueError(f'{name}={size} must be divisible by the {devices} devices'
+                     + (f' x {accum} accumulation steps' if accum > 1 else '')
+                     + '; pick a multiple')
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

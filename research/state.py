@@ -46,9 +46,20 @@ def sharded_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
   return abstract, lambda: init(rng)
 
 
+def abstract_params(init_params: Callable[[jax.Array], Any], mesh: Mesh | None = None):
+  """ShapeDtypeStructs of `init_params(rng)`'s params laid out over `mesh` by the logical
+  rules (default: on the first local device), allocating nothing: the target of a params-only
+  checkpoint restore, which needs no optimizer."""
+  boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, nn.meta.unbox(boxed))
+  else:
+    shardings = sharding.state_shardings(boxed, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nn.meta.unbox(boxed), shardings)
+
+
 def shardings_of(abstract: TrainState):
   return jax.tree.map(lambda x: x.sharding, abstract)
 
-
-def param_count(params) -> int:
-  return sum(x.size for x in jax.tree.leaves(params))

@@ -80,7 +80,7 @@ def update_if_finite(tx: optax.GradientTransformation, grads, params, opt_state,
 
   A `lax.cond` rather than an elementwise select of the new and old trees: the select keeps
   every old parameter and moment alive past the update, so XLA copied each donated buffer
-  before updating it (GPT-2 124M: ~1 GB of copies a step). Not optax.apply_if_finite: it checks
+  before updating it (docs/performance.md). Not optax.apply_if_finite: it checks
   only the gradients, keeps its counter inside the optimizer state (so no metric shows a
   skip, and every existing checkpoint would become a different model), and after its limit it
   *applies* the non-finite update.
@@ -95,9 +95,12 @@ def update_if_finite(tx: optax.GradientTransformation, grads, params, opt_state,
   return params, opt_state, {**metrics, 'skipped': 1.0 - finite.astype(jnp.float32)}
 
 
-def eval_step(params, batch: dict[str, jax.Array], *, model, objective) -> dict[str, jax.Array]:
-  """Metric pairs of a held-out batch (summed over batches by the caller, then `summarize`)."""
-  return objective.terms(model, params, batch, None)
+def eval_step(params, batch: dict[str, jax.Array], *, model,
+              objective) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """(metric pairs, per-row outputs) of a held-out batch: the pairs are summed over batches by
+  the caller, then `summarize`d; the outputs (a task head's predictions, else none) are
+  concatenated (objectives/base.py `evaluate`)."""
+  return objective.evaluate(model, params, batch)
 
 
 def summarize(terms: dict[str, Any], objective) -> dict[str, float]:

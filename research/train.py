@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import logging
 
 from research import (checkpointing, flops, loading, loop, models, objectives, optim,
                       reporting, sharding, state as state_lib, steps)
@@ -39,20 +38,16 @@ class Experiment:
   init_state: Any  # () -> TrainState
 
 
-def tokenizer_path(config, workdir: str) -> str:
-  return config.data.tokenizer.path or os.path.join(workdir, 'tokenizer.model')
-
-
-def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+def make_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Resolves data, tokenizer, model, optimizer and the sharded state layout."""
   mesh = sharding.make_mesh(config.mesh)
-  arch = ModelConfig.from_config(config.model, vocab_size=1)  # the vocabulary comes below
-  objective = objectives.from_config(config.objective, arch)
-  objective.check_arch(arch.arch)  # configuration errors surface before the tokenizer trains
-  arch.check_length(config.data.max_seq_len)
+  sized = ModelConfig.from_config(config.model, vocab_size=1)  # the vocabulary comes below
+  objective = objectives.from_config(config.objective, sized)
+  objective.check_arch(sized.arch)  # configuration errors surface before the tokenizer trains
+  sized.check_length(config.data.max_seq_len)
   train_docs, eval_docs = corpus.load_corpora(config)
   tok = tokenizer_lib.load_or_train(
-      tokenizer_path(config, workdir),
+      loading.tokenizer_path(workdir, config.data.tokenizer.path),
       lambda: (line for doc in train_docs for line in doc),
       vocab_size=config.data.tokenizer.vocab_size,
       model_type=config.data.tokenizer.model_type,
@@ -64,7 +59,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     raise ValueError(f'--config.model.vocab_size={vocab_size} is smaller than the tokenizer\'s '
                      f'{tok.vocab_size} pieces + {objective.extra_ids} objective ids; set it to '
                      '0 to follow the tokenizer')
-  model_cfg = arch.replace(vocab_size=vocab_size)
+  model_cfg = sized.replace(vocab_size=vocab_size)
   _check_workdir_model(workdir, model_cfg)
   model = models.build(model_cfg)
   tx = optim.make_optimizer(config.optim, config.train.steps)
@@ -89,20 +84,12 @@ def _check_workdir_model(workdir: str, cfg: ModelConfig):
                      '--workdir or the config this workdir was trained with')
 
 
-def _check_batch(name: str, size: int, mesh, accum: int = 1):
-  devices = mesh.devices.size
-  if size % (devices * accum) or size % jax.process_count():
-    raise ValueError(f'{name}={size} must be divisible by the {devices} devices'
-                     + (f' x {accum} accumulation steps' if accum > 1 else '')
-                     + '; pick a multiple')
-
-
 def make_eval_fn(exp: Experiment):
   """Returns evaluate(params) -> summarized held-out metrics (jitted once)."""
   config = exp.config
   if not config.train.eval_batches or not exp.eval_docs:
     return None
-  _check_batch('--config.train.eval_batch_size', config.train.eval_batch_size, exp.mesh)
+  sharding.check_batch('--config.train.eval_batch_size', config.train.eval_batch_size, exp.mesh)
   batches = pipeline.make_eval_batches(config, exp.objective, exp.tokenizer, exp.eval_docs,
                                        batch_size=config.train.eval_batch_size,
                                        max_batches=config.train.eval_batches)
@@ -114,17 +101,11 @@ def make_eval_fn(exp: Experiment):
   def evaluate(params) -> dict[str, float]:
     total = None
     for batch in batches:
-      m = eval_step(params, sharding.global_batch(sharding.process_rows(batch), exp.mesh))
+      m, _ = eval_step(params, sharding.global_batch(sharding.process_rows(batch), exp.mesh))
       total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
     return steps.summarize(jax.device_get(total), exp.objective)
 
   return evaluate
-
-
-def example_lengths(batch: dict) -> tuple[int, int]:
-  """(input length, decoder input length or 0) of a batch's examples."""
-  target = batch['decoder_input_ids'].shape[-1] if 'decoder_input_ids' in batch else 0
-  return batch['input_ids'].shape[-1], target
 
 
 def flops_per_step(model_cfg: ModelConfig, objective: objectives.Objective, batch_size: int,
@@ -138,28 +119,22 @@ def flops_per_step(model_cfg: ModelConfig, objective: objectives.Objective, batc
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains to config.train.steps (resuming if workdir holds a checkpoint); returns final eval."""
   os.makedirs(workdir, exist_ok=True)
-  exp = build(config, workdir)
+  exp = make_experiment(config, workdir)
   is_chief = jax.process_index() == 0
   if is_chief:
     reporting.write_run_info(workdir, config)
   loading.write_model_config(workdir, exp.model_cfg)
-  _check_batch('--config.train.batch_size', config.train.batch_size, exp.mesh,
-               config.train.grad_accum_steps)
+  sharding.check_batch('--config.train.batch_size', config.train.batch_size, exp.mesh,
+                       config.train.grad_accum_steps)
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
   dataset = pipeline.make_train_dataset(
       config, exp.objective, exp.tokenizer, exp.train_docs,
       batch_size=config.train.batch_size // jax.process_count(),
       shard_index=jax.process_index(), shard_count=jax.process_count())
-  lengths = example_lengths(next(iter(dataset)))
+  lengths = flops.example_lengths(next(iter(dataset)))
   data_iter = iter(dataset)
-  latest = ckpt.latest_step()
-  if latest is None:
-    state = exp.init_state()
-  else:
-    state, data_state = ckpt.restore(exp.abstract_state)
-    data_iter.set_state(data_state)
-    logging.info('resumed from step %d of %s', state.step, workdir)
+  state = loop.init_or_resume(ckpt, exp.abstract_state, exp.init_state, data_iter, workdir)
 
   train_step = loop.compile_step(
       functools.partial(steps.train_step, model=exp.model, objective=exp.objective, tx=exp.tx,
@@ -179,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       is_chief=is_chief)
   if start == 0:
     baseline = pipeline.unigram_baseline(exp.tokenizer, exp.train_docs, exp.eval_docs)
-    reporter.log_event(0, event='start', params=state_lib.param_count(state.params),
+    reporter.log_event(0, event='start', params=models.param_count(state.params),
                        **{f'baseline/{k}': v for k, v in baseline.items()})
   else:
     reporter.log_event(start, event='resumed')
@@ -204,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """`--mode=eval`: held-out metrics of the workdir's latest checkpoint, appended to metrics.jsonl."""
-  exp = build(config, workdir)
+  exp = make_experiment(config, workdir)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
   step = ckpt.latest_step()
   if step is None:

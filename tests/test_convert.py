@@ -516,7 +516,7 @@ def test_finetune_seq2seq_from_imported_hf_checkpoint(directory, tmp_path):
   config = finetune_cfg(seq2seq_dir(tmp_path / 'data'), directory, task__type='seq2seq',
                         task__metrics='bleu,chrf', task__max_target_len=8)
   workdir = tmp_path / 'run'
-  ft, _ = finetune.build(config, str(workdir), need_params=True)
+  ft, _ = finetune.make_finetune(config, str(workdir), need_params=True)
   assert ft.model_cfg == imported.cfg
   results = finetune.run_finetune(config, str(workdir))
   assert {'dev/bleu', 'dev/chrf', 'dev/loss'} <= set(results)

@@ -179,8 +179,9 @@ def test_finetune_bert_from_pretrained_workdir(pretrained, tmp_path):
   assert {line.split('\t')[1] for line in lines[1:]} <= {'0', '1'}
 
   # The encoder starts from the pretraining checkpoint, bit for bit; the head is new.
-  ft, loaded = finetune.build(config, str(tmp_path / 'fresh'), need_params=True)
-  state = finetune._load_pretrained(ft, ft.init_state(), loaded)  # noqa: SLF001
+  ft, loaded = finetune.make_finetune(config, str(tmp_path / 'fresh'), need_params=True)
+  fresh = finetune.training_state(ft).init_state()
+  state = finetune._load_pretrained(ft, fresh, loaded)  # noqa: SLF001
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params['encoder']),
                jax.device_get(loaded.params['encoder']))  # EncoderLM's encoder, heads dropped
   assert set(state.params) == {'encoder', 'head'}
@@ -208,8 +209,8 @@ def test_finetune_gpt_pair_both_orders_with_lm_loss(pretrained, tmp_path):
   assert {'dev/accuracy', 'dev/f1', 'dev/lm_loss'} <= set(results)
   train_records = [r for r in read_metrics(workdir) if 'train/loss' in r]
   assert all('train/lm_loss' in r for r in train_records)
-  ft, _ = finetune.build(config, str(workdir))
-  assert ft.model_cfg.arch == 'decoder' and ft.style.name == 'gpt'
+  ft, _ = finetune.make_finetune(config, str(workdir))
+  assert ft.model_cfg.arch == 'decoder' and ft.style.inputs.name == 'gpt'
   assert ft.splits['train'].arrays['input_ids'].shape[1] == 2  # both orders
 
 
@@ -299,11 +300,11 @@ def test_finetune_from_imported_hf_checkpoint(name, tmp_path):
   imported = convert.load(directory)
   config = finetune_cfg(sentiment_dir(tmp_path / 'data'), directory)
   workdir = str(tmp_path / 'run')
-  ft, pretrained = finetune.build(config, workdir, need_params=True)
+  ft, pretrained = finetune.make_finetune(config, workdir, need_params=True)
   assert ft.model_cfg == imported.cfg
   assert ft.tokenizer.encode('the cat') == imported.tokenizer.encode('the cat')
   key = task_model.BACKBONES[ft.model_cfg.arch]
-  state = finetune._load_pretrained(ft, ft.init_state(), pretrained)
+  state = finetune._load_pretrained(ft, finetune.training_state(ft).init_state(), pretrained)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params[key]),
                jax.tree.map(np.asarray, task_model.pretrained_backbone(imported.cfg,
                                                                        imported.params)))

@@ -42,7 +42,7 @@ def test_finetune_seq2seq(name, prefix, pretrained, tmp_path):
   start = next(r for r in read_metrics(workdir) if r.get('event') == 'start')
   arch = {'gpt': 'decoder', 'bert': 'encoder'}.get(name, 'encoder_decoder')
   assert start['baseline/bleu'] > 0 and start['arch'] == arch
-  ft, _ = finetune.build(config, str(workdir))
+  ft, _ = finetune.make_finetune(config, str(workdir))
   assert ('prefix_len' in ft.splits['train'].arrays) == (prefix or name == 'bert')
   lines = (workdir / 'predictions' / 'dev.tsv').read_text().splitlines()
   assert lines[0] == 'index\tprediction' and len(lines) == 9
@@ -54,8 +54,8 @@ def test_text_to_text_classification_t5(pretrained, tmp_path):
   """T5 Sec 2.4: the label is written as a word and scored by exact match with it."""
   config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['t5'],
                         finetune__text_to_text=True, finetune__label_words='bad,good')
-  ft, _ = finetune.build(config, str(tmp_path / 'run'))
-  assert ft.generates and ft.task.splits['dev'][0].target in ('bad', 'good')
+  ft, _ = finetune.make_finetune(config, str(tmp_path / 'run'))
+  assert ft.style.generates and ft.task.splits['dev'][0].target in ('bad', 'good')
   assert ft.task.splits['dev'][0].texts[0].startswith('sentence: ')
   arrays = ft.splits['train'].arrays  # every target is its whole word, then </s>
   written = [ft.tokenizer.decode(t[w > 0][:-1].tolist())
@@ -73,7 +73,7 @@ def test_text_to_text_label_word_longer_than_the_target_is_refused(pretrained, t
                         finetune__text_to_text=True, task__max_target_len=4,
                         finetune__label_words='not_equivalent,equivalent')
   with pytest.raises(ValueError, match="label word 'not_equivalent' is .*max_target_len"):
-    finetune.build(config, str(tmp_path / 'run'))
+    finetune.make_finetune(config, str(tmp_path / 'run'))
 
 
 @pytest.mark.slow  # the head's shapes: test_finetune.py::test_task_model_shapes[encoder_decoder]
@@ -82,5 +82,5 @@ def test_bart_classification_head(pretrained, tmp_path):
   config = finetune_cfg(sentiment_dir(tmp_path / 'data'), pretrained['bart'])
   results = finetune.run_finetune(config, str(tmp_path / 'run'))
   assert 0 <= results['dev/accuracy'] <= 1
-  ft, _ = finetune.build(config, str(tmp_path / 'run'))
-  assert not ft.generates and 'encoder_decoder' in ft.abstract_state.params
+  ft, _ = finetune.make_finetune(config, str(tmp_path / 'run'))
+  assert not ft.style.generates and 'encoder_decoder' in ft.abstract_params

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from research import generate
-from research.models import presets
+from research.models import presets, prompting
 from research.models.config import ModelConfig
 from research.models.decoder import Decoder
 from research.models.encoder_decoder import EncoderDecoder
@@ -169,11 +169,11 @@ def test_new_prompt_lengths_reuse_the_compiled_loop(gpt):
 
 
 def test_plan_lengths():
-  assert generate.plan_lengths(3, 10, 64) == (16, 48)
-  assert generate.plan_lengths(20, 128, 1024) == (32, 160)
-  assert generate.plan_lengths(33, 30, 64) == (34, 64)  # clipped to the position table
+  assert prompting.plan_lengths(3, 10, 64) == (16, 48)
+  assert prompting.plan_lengths(20, 128, 1024) == (32, 160)
+  assert prompting.plan_lengths(33, 30, 64) == (34, 64)  # clipped to the position table
   with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
-    generate.plan_lengths(40, 30, 64)
+    prompting.plan_lengths(40, 30, 64)
 
 
 def test_bad_decoding_settings_are_clear_errors(gpt):

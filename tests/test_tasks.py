@@ -10,6 +10,7 @@ import pytest
 
 from configs import finetune as finetune_config
 from research.tasks import encoding, features, glue, holdout, metrics, readers, squad
+from research.tasks.styles import classification, span
 from research.tasks.task import load_task
 
 
@@ -404,8 +405,8 @@ def test_squad_windows_and_span_decoding(tmp_path):
   assert spans == ['Paris']
   split = features.EncodedSplit(task.splits['dev'], arrays, feature_example, token_to_word,
                                 words=words)
-  predictions = features.to_predictions(task, split, {'start': start, 'end': end},
-                                        task_config())
+  predictions = span.to_predictions(split, {'start': start, 'end': end},
+                                    task_config().max_answer_len)
   assert task.score(task.splits['dev'], predictions) == {'f1': 1.0, 'exact_match': 1.0}
 
 
@@ -460,7 +461,7 @@ def test_task_score_and_majority_baseline(tmp_path):
   scores = task.score(task.splits['dev'], [0, 1, 0, 1])
   assert scores == pytest.approx({'accuracy': 0.75, 'f1': 0.8,
                                   'mcc': metrics.matthews_corrcoef([0, 1, 1, 1], [0, 1, 0, 1])})
-  baseline = features.majority_baseline(task, task.splits['train'], task.splits['dev'])
+  baseline = classification.majority_baseline(task, task.splits['train'], task.splits['dev'])
   assert baseline['accuracy'] == 0.75
 
 

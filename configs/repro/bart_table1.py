@@ -32,13 +32,14 @@ arg: variant=tiny|base; stage=pretrain|finetune; objective= (pretrain); task=, s
 variant's). variant=tiny: 1,200 pretraining steps of 8 x 128 tokens per arm at lr 1e-3 (at 32 x
 128, 300 steps left every one-stack arm on the unigram plateau: more, smaller updates for the
 same tokens get the LM past it by step ~400, but MLM, multitask MLM and the permuted LM stay
-on it where the input hides the target: README); fine-tuning 300 steps of 32 examples at lr 1e-3 on
-paraphrase (128 tokens a pair), sentiment (64 tokens) and modernize (128 tokens a verse pair:
+on it where the input hides the target: docs/reproductions.md); fine-tuning 300 steps of 32
+examples at lr 1e-3 on paraphrase (128 tokens a pair), sentiment (64 tokens) and modernize
+(128 tokens a verse pair:
 the encoder-decoders read 64 source tokens and write 64, the one-stack models read both in
 128), each scored once on the first 1,000 dev examples (modernize: 200 verses decoded). Fewer
 fine-tuning steps leave paraphrase and sentiment at the majority class. Measured on 2 CPU
 cores, two runs at a time: 5-10 min per pretraining arm, 2-7 min per fine-tuning run, 223 min
-for the whole recipe (README). variant=base: BART Sec 4.1's
+for the whole recipe (docs/reproductions.md). variant=base: BART Sec 4.1's
 ablation size (6 + 6 layers or 12, d 768, 1M steps of 8k-token batches are far beyond 2 cores:
 for accelerators; fine-tuning 3 epochs, every dev example).
 """

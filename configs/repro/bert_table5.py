@@ -26,7 +26,7 @@ quick check, or another rate: BERT picks the best fine-tuning rate per task on d
 
 variant=tiny: BERT-tiny shape (2 layers, d=128), 1,500 pretraining steps of 32 x 128 tokens
 (~7 passes over Austen), then 300 fine-tuning steps of 32 examples at lr 1e-3; 3 tasks x 5
-settings x 3 seeds = 45 fine-tuning runs. Measured (README "Reproductions"): 88 min of wall
+settings x 3 seeds = 45 fine-tuning runs. Measured (docs/reproductions.md): 88 min of wall
 time on a 2-core CPU with `--parallel=2` (12 of them stopped for other work). Pretraining
 beats random weights on paraphrase (the MLM encoder narrowly ahead of the left-to-right LM),
 not on sentiment (6M pretraining tokens are too few; adding the reviews' own text to the

@@ -73,7 +73,7 @@ def task_budget(c: ml_collections.ConfigDict, args: dict, variant: dict, task: s
   """A fine-tuning run's budget, `variant['tasks'][task]`: `steps` (args' finetune_steps
   first; 0: the config's epochs), then one dev evaluation on the first `eval_limit` dev
   examples (0: all). Lengths, where given: `seq_len` and `target_len` as the config reads them
-  (research/tasks/seq2seq.py), or `pair_len` tokens per (source, target) pair whatever the
+  (objectives.for_pairs), or `pair_len` tokens per (source, target) pair whatever the
   architecture: a one-stack model reads both within max_seq_len, an `arch` encoder-decoder's
   source gets what the target does not use (equal tokens per pair in every arm)."""
   budget = variant['tasks'][task]

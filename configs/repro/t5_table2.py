@@ -34,7 +34,7 @@ at lr 1e-3 on paraphrase (160 tokens a pair; a 12-token target fits T5's label w
 verse pair: the encoder-decoders read 64 source tokens and write 64, the decoders read both
 in 128), scored once on the first 1,000 dev pairs / 200 dev verses decoded. Measured on 2 CPU
 cores, two runs at a time: 41.5 min of pretraining, ~3.5-8 min per paraphrase run and ~4-9
-min per modernize run, 228.3 min in all (README "T5 Table 2, measured").
+min per modernize run, 228.3 min in all (docs/reproductions.md "T5 Table 2, measured").
 variant=base: T5's baseline size and schedule (2^18 steps of 2^16 tokens; accelerators).
 """
 from configs import base

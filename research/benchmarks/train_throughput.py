@@ -142,7 +142,7 @@ def our_mfu(model_cfg: ModelConfig, objective, host_batch: dict, seconds: float)
   """MFU of `seconds` per step on batches shaped like `host_batch` against this machine's
   peak for the model's compute dtype."""
   step_flops = train.flops_per_step(model_cfg, objective, host_batch['input_ids'].shape[0],
-                                    train.example_lengths(host_batch))
+                                    flops.example_lengths(host_batch))
   return flops.mfu(step_flops, seconds, flops.peak_flops(jnp.dtype(model_cfg.dtype)),
                    jax.device_count())
 
@@ -153,7 +153,7 @@ def time_row(shape: Shape, family: str, num_steps: int, max_seconds: float, dtyp
   model_cfg = model_config(shape, family, dtype)
   objective = OBJECTIVES[family]
   host_batches = host_batches_for(objective, shape.batch, shape.seq_len, model_cfg.vocab_size)
-  tokens = shape.batch * sum(train.example_lengths(host_batches[0]))
+  tokens = shape.batch * sum(flops.example_lengths(host_batches[0]))
   builders = {'ours': lambda: our_train_step(model_cfg, objective, host_batches)}
   if with_peers and family in PEER_FAMILIES:
     for name, build in (('flax', peers.flax_train_step), ('torch', peers.torch_train_step)):
@@ -178,7 +178,7 @@ def time_train_step(size: str, objective, vocab: int, batch: int, seq_len: int,
                              **model_fields})
   host_batches = host_batches_for(objective, batch, seq_len, vocab)
   seconds, _ = measure(lambda: our_train_step(model_cfg, objective, host_batches), num_steps, 0)
-  return {'tokens_per_sec': batch * sum(train.example_lengths(host_batches[0])) / seconds,
+  return {'tokens_per_sec': batch * sum(flops.example_lengths(host_batches[0])) / seconds,
           'step_ms': 1e3 * seconds, 'mfu': our_mfu(model_cfg, objective, host_batches[0], seconds),
           'peak': flops.peak_flops(jnp.dtype(dtype))}
 

@@ -39,5 +39,15 @@ def abstract_params(cfg: ModelConfig):
   return jax.eval_shape(lambda: nn.meta.unbox(init_params(build(cfg), jax.random.key(0))))
 
 
-def param_count(cfg: ModelConfig) -> int:
-  return sum(x.size for x in jax.tree.leaves(abstract_params(cfg)))
+def param_count(cfg_or_params) -> int:
+  """Parameters of `build(cfg)` for a ModelConfig (counted without allocating), or in a
+  parameter tree (e.g. a task model's)."""
+  tree = abstract_params(cfg_or_params) if isinstance(cfg_or_params, ModelConfig) \
+      else cfg_or_params
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def reads_left_to_right(cfg: ModelConfig) -> bool:
+  """Whether the model is a left-to-right LM whose logits score a continuation given its
+  context (research/incontext.py; GPT-3 Sec 2.4): the decoder."""
+  return cfg.arch == 'decoder'

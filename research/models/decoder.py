@@ -13,7 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from research.models import masks
+from research.models import masks, prompting
 from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.heads import LmHead
@@ -121,3 +121,17 @@ class Decoder(nn.Module):
     [batch, vocab] float32 and the updated cache."""
     out = self(tokens[:, None], None, positions[:, None], cache=cache, cache_index=slot)
     return out.logits[:, 0].astype(jnp.float32), out.cache
+
+  # --- how a generation starts (models/prompting.py) ---
+  @nn.nowrap
+  def prefill_inputs(self, prompts, max_new_tokens: int, pad_id: int, start_id=None):
+    """Prompts are continued: left-padded, so each row's last token takes the same slot."""
+    del start_id  # the prompt's own last token starts the output
+    return prompting.left_padded_inputs(prompts, max_new_tokens, self.cfg.max_len, pad_id)
+
+  @nn.nowrap
+  def text_prompt(self, tokenizer, text: str) -> prompting.TextPrompt:
+    """The text after an end-of-text token, as every training document starts
+    (objectives/clm.py); the output continues it."""
+    ids = [tokenizer.eos_id, *tokenizer.encode(text)]
+    return prompting.TextPrompt(ids, None, tokenizer.eos_id, ids)

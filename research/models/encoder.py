@@ -15,8 +15,9 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from research.models import masks
+from research.models import masks, prompting
 from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.heads import ClassifierHead, MlmHead, Pooler
@@ -163,3 +164,23 @@ class EncoderLM(nn.Module):
     logits, new = self._mask_step(ids, jnp.ones_like(ids), positions, segments,
                                   {k: v for k, v in cache.items() if k != 'mask_id'}, slot)
     return logits, {**new, 'mask_id': cache['mask_id']}
+
+  @nn.nowrap
+  def prefill_inputs(self, prompts, max_new_tokens: int, pad_id: int, start_id=None):
+    """Sources left-padded; start_id is the [MASK] each next token is predicted at."""
+    if start_id is None:
+      raise ValueError('an encoder generates by predicting a [MASK]: pass its id as start_id')
+    inputs, prompt_len, cache_len = prompting.left_padded_inputs(prompts, max_new_tokens,
+                                                                 self.cfg.max_len, pad_id)
+    return {**inputs, 'start_ids': np.full(len(prompts), start_id, np.int32)}, prompt_len, \
+        cache_len
+
+  @nn.nowrap
+  def text_prompt(self, tokenizer, text: str) -> prompting.TextPrompt:
+    """`[CLS] text [SEP]` as UniLM's seq2seq source; the target ends at [SEP]."""
+    missing = [n for n in ('cls', 'sep', 'mask') if getattr(tokenizer, f'{n}_id') is None]
+    if missing:
+      raise ValueError(f'an encoder writes text UniLM-style with [CLS]/[SEP]/[MASK]; this '
+                       f'vocabulary lacks {"/".join(missing)}')
+    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
+    return prompting.TextPrompt(ids, tokenizer.mask_id, tokenizer.sep_id, [])

@@ -16,8 +16,9 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from research.models import masks
+from research.models import masks, prompting
 from research.models.attention import init_stack_cache, slots_and_keys
 from research.models.config import ModelConfig
 from research.models.decoder import DecoderOutput
@@ -144,3 +145,38 @@ class EncoderDecoder(nn.Module):
     del positions
     out = self.decode(tokens[:, None], None, None, cache=cache, cache_index=slot)
     return out.logits[:, 0].astype(jnp.float32), out.cache
+
+  # --- how a generation starts (models/prompting.py) ---
+  @nn.nowrap
+  def prefill_inputs(self, prompts, max_new_tokens: int, pad_id: int, start_id=None):
+    """Prompts are sources, right-padded to a bucket; the decoder starts at start_id."""
+    if start_id is None:
+      raise ValueError('an encoder-decoder needs start_id, its decoder start token')
+    longest = max(map(len, prompts))
+    self.cfg.check_length(longest, 'source')
+    source_len, _ = prompting.plan_lengths(longest, 1, self.cfg.max_len)
+    _, cache_len = prompting.plan_lengths(1, max_new_tokens, self.cfg.max_len)
+    ids, mask = prompting.right_pad(prompts, source_len, pad_id)
+    return ({'source_ids': ids, 'source_mask': mask,
+             'start_ids': np.full(len(prompts), start_id, np.int32)}, 1, cache_len)
+
+  @nn.nowrap
+  def text_prompt(self, tokenizer, text: str) -> prompting.TextPrompt:
+    """The text framed as the family's pretraining framed a source (`frame`); the output is a
+    target of its own."""
+    ids = frame(tokenizer, tokenizer.encode(text), self.cfg.decoder_start)
+    return prompting.TextPrompt(ids, start_id(tokenizer, self.cfg.decoder_start),
+                                tokenizer.eos_id, [])
+
+
+def start_id(tokenizer, decoder_start: str) -> int:
+  """The decoder's first input: pad for T5, eos for BART (`ModelConfig.decoder_start`)."""
+  return {'pad': tokenizer.pad_id, 'eos': tokenizer.eos_id}[decoder_start]
+
+
+def frame(tokenizer, ids, decoder_start: str) -> list[int]:
+  """A source or target text as the family's pretraining framed it: T5 `text </s>`, BART
+  `<s> text </s>` (fairseq's; BART is the family whose decoder starts at eos)."""
+  if decoder_start == 'eos':
+    return [tokenizer.bos_id, *ids, tokenizer.eos_id]
+  return [*ids, tokenizer.eos_id]

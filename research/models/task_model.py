@@ -71,7 +71,7 @@ class TaskModel(nn.Module):
     else:
       if self.decoder_start_id is None:
         raise ValueError('an encoder_decoder TaskModel needs decoder_start_id (the decoder '
-                         "start token's id: objectives.seq2seq.start_id(tokenizer, "
+                         "start token's id: models.encoder_decoder.start_id(tokenizer, "
                          'cfg.decoder_start))')
       shift = lambda x, start: jnp.concatenate(  # [N * V, L]: start, then x but its last
           [jnp.full_like(x[:, :1], start), x[:, :-1]], axis=1)
@@ -110,3 +110,29 @@ def init_params(model: TaskModel, seq_len: int, num_views: int, rng: jax.Array):
   shape = (1, num_views, seq_len) if model.task_type in SEQUENCE_TYPES else (1, seq_len)
   ids = jnp.zeros(shape, jnp.int32)
   return model.init(rng, ids, ids, jnp.ones_like(ids))['params']
+
+
+# What fine-tuning asks of a task model, answered here so that no workflow branches on arch.
+_INPUT_FORMATS = {'encoder': 'bert', 'decoder': 'gpt', 'encoder_decoder': 'bert'}
+
+
+def input_format(cfg: ModelConfig) -> str:
+  """tasks/encoding.py's input style an arch reads by default: BERT's `[CLS] A [SEP] B [SEP]`
+  (encoders; BART classifies it with both stacks) or GPT-1's `start A delim B extract`."""
+  return _INPUT_FORMATS[cfg.arch]
+
+
+def has_lm_logits(cfg: ModelConfig) -> bool:
+  """Whether the task model also predicts the next token ('lm_logits'; GPT-1 Sec 3.2's
+  auxiliary LM loss)."""
+  return cfg.arch == 'decoder'
+
+
+def decoder_length(cfg: ModelConfig, length: int) -> int:
+  """Tokens the task model's decoder stack reads besides the encoder's `length` (FLOPs)."""
+  return length if cfg.arch == 'encoder_decoder' else 0
+
+
+def backbone_params(cfg: ModelConfig, params: dict) -> tuple[str, dict]:
+  """(name in the task model, params) of the pretrained part a task model reuses."""
+  return BACKBONES[cfg.arch], pretrained_backbone(cfg, params)

@@ -32,9 +32,7 @@ from research import sharding
 CHUNK_LOGITS = 2**22
 # ... unless that leaves fewer rows (batch x chunk) than this: every chunk re-reads the
 # [vocab, d_model] kernel and adds to its float32 gradient, and XLA:CPU's matmuls with few
-# rows run far below peak. GPT-2 124M at batch 4 x 128 (vocab 50,257; 16 positions a chunk
-# at 2**22): 3,162 / 3,502 ms a step at 64 rows, 2,918 / 3,096 at 256, 2,919 / 2,968 at 512
-# (two rounds, one process); GPT-tiny (32 x 128, vocab 8k) is fastest at 2**22's 512 rows.
+# rows run far below peak (the step times behind 256: docs/performance.md).
 MIN_CHUNK_ROWS = 256
 
 
@@ -109,9 +107,9 @@ def _scan(hidden, kernel, targets, weights, chunk: int, with_grad: bool):
 
   The kernel's gradient is summed as [d_model, vocab] (h^T dlogits) and transposed once at
   the end: summed as [vocab, d_model] (dlogits^T h), XLA:CPU writes every chunk's dlogits
-  transposed for the matmul, and GPT-tiny / GPT-mini / GPT-2 124M steps took 2-4% longer
-  (measured in one process, three rounds). The first chunk starts the sum rather than a
-  zeroed [d_model, vocab] array (GPT-2 124M: 154 MB written each step for nothing)."""
+  transposed for the matmul, and steps took longer (docs/performance.md). The first chunk
+  starts the sum rather than a zeroed [d_model, vocab] array, which would be written each
+  step for nothing."""
   def body(dkernel, xs):
     h, t, w = xs
     cross_entropy, correct, dlogits = _score(h, kernel, t, w, with_grad)

@@ -12,6 +12,11 @@
 
 Each is a frozen dataclass (objectives/base.py) holding its settings: host-side numpy
 corruption for the input pipeline, device-side loss terms for the one train step.
+
+`for_pairs` names the objective that fine-tunes a family on (source, target) pairs: T5/BART
+teacher-forced (Seq2SeqLM), a decoder on the target after its prompt (CausalLM, or PrefixLM
+reading the prompt bidirectionally), an encoder on masked targets under UniLM's seq2seq mask
+(MaskedSeq2Seq). Each writes its own rows (`pair_example`).
 """
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ from research.objectives.clm import CausalLM
 from research.objectives.mlm import MaskedLM
 from research.objectives.plm import PermutationLM
 from research.objectives.prefix_lm import PrefixLM
-from research.objectives.seq2seq import Denoising, SpanCorruption
-from research.objectives.unilm import UniLM
+from research.objectives.seq2seq import Denoising, Seq2SeqLM, SpanCorruption
+from research.models.encoder import seq2seq_segments
+from research.objectives.unilm import MaskedSeq2Seq, UniLM
 
 NAMES = ('mlm_nsp', 'mlm', 'unilm', 'plm', 'clm', 'prefix_lm', 'span_corruption', 'denoising')
 
@@ -64,3 +70,25 @@ def from_config(objective_cfg, model_cfg=None) -> Objective:
                      permute_ratio=c.permute_ratio, rotate_ratio=c.rotate_ratio,
                      decoder_start=decoder_start)
   raise ValueError(f'unknown --config.objective.name={c.name!r}; use one of {", ".join(NAMES)}')
+
+
+def for_pairs(model_cfg, tokenizer, *, max_len: int, target_len: int = 0,
+              bidirectional_prompt: bool = False,
+              target_mask_prob: float = 0.5) -> tuple[Objective, int]:
+  """(objective, target length) that fine-tunes `model_cfg`'s family on (source, target)
+  pairs of max_len tokens. target_len 0: an encoder-decoder's decoder is max_len long; the
+  one-stack families give half of their max_len to the target."""
+  if model_cfg.arch == 'encoder_decoder':
+    target_len = target_len or max_len
+    model_cfg.check_length(target_len, 'target')
+    return Seq2SeqLM(decoder_start=model_cfg.decoder_start), target_len
+  target_len = target_len or max_len // 2
+  if model_cfg.arch == 'decoder':
+    return (PrefixLM if bidirectional_prompt else CausalLM)(max_predictions=target_len), \
+        target_len
+  missing = [n for n in ('cls', 'sep', 'mask') if getattr(tokenizer, f'{n}_id') is None]
+  if missing:
+    raise ValueError(f'an encoder writes text UniLM-style with [CLS]/[SEP]/[MASK]; this '
+                     f'vocabulary lacks {"/".join(missing)}')
+  return MaskedSeq2Seq(max_predictions=max_len, segments=seq2seq_segments(model_cfg),
+                       target_mask_prob=target_mask_prob), target_len

@@ -35,8 +35,8 @@ def token_terms(prefix: str, logits, targets, weights) -> dict[str, jax.Array]:
 
   A prediction is correct when the target's logit is the largest (equal to the max), which is
   argmax == target except on exact ties. Not jnp.argmax: XLA:CPU lowers it to a scalar
-  (value, index) reduction over the whole [batch, length, vocab] logits, measured at 17% of a
-  GPT-tiny train step; the max is the one the softmax already takes.
+  (value, index) reduction over the whole [batch, length, vocab] logits, a large share of a
+  small model's step (docs/performance.md); the max is the one the softmax already takes.
   """
   correct = token_correct(logits, targets)
   return {f'{prefix}loss': pair(cross_entropy(logits, targets) * weights, weights),
@@ -110,6 +110,34 @@ class Objective:
   def summarize(self, values: dict[str, Any]) -> dict[str, Any]:
     """Derived metrics from the means (e.g. perplexity); adds the total 'loss' if needed."""
     return values
+
+  def evaluate(self, model, params, batch: dict[str, jax.Array]
+               ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(metric pairs, per-row outputs) of a held-out batch: the one eval step
+    (research/steps.py). Objectives that predict something per row (task heads) return it
+    beside the terms, from the same forward pass; language models return no outputs."""
+    return self.terms(model, params, batch, None), {}
+
+  # --- fine-tuning on (source, target) pairs: seq2seq tasks, text-to-text classification ---
+  def pair_example(self, tokenizer, source: Sequence[int], target: Sequence[int], *,
+                   max_len: int, target_len: int) -> tuple[Example, list[int]]:
+    """(a row of this objective's batch keys, the prompt decoding starts from) of one
+    source and target, token ids without framing; the row fits max_len / target_len."""
+    raise NotImplementedError(f'objective {self.name!r} does not train on (source, target) '
+                              'pairs')
+
+  def target_tokens(self, tokenizer, ids: Sequence[int]) -> int:
+    """Target positions a target of `ids` takes with its framing (here: its end token)."""
+    return len(ids) + 1
+
+  def decoding(self, tokenizer) -> dict[str, Any]:
+    """generate.generate's start_id / eos_id / bidirectional_prompt for this objective's
+    rows: what the model is fed first and where its output ends."""
+    return {'start_id': None, 'eos_id': tokenizer.eos_id, 'bidirectional_prompt': False}
+
+  def pair_corruptor(self, tokenizer) -> Callable[[Example, np.random.Generator], Example] | None:
+    """(row, rng) -> the row with this epoch's noise (None: pairs are not noised)."""
+    return None
 
 
 def apply(model, params, *args, rng: jax.Array | None = None, **kwargs):

@@ -10,12 +10,13 @@ B); no padding is ever needed.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.objectives import base
+from research.objectives import base, seq2seq
 
 
 def pack_documents(documents_ids: list[list[int]], eos_id: int,
@@ -65,11 +66,26 @@ class CausalLM(base.LanguageModelling):
   name = 'clm'
   archs = ('decoder',)
   max_predictions: int = 0
+  # Fine-tuning on pairs: the prompt is a prefix read bidirectionally (PrefixLM).
+  reads_prompt_bidirectionally: ClassVar[bool] = False
 
   def examples(self, tokenizer, documents_ids, *, seq_len, seed):
     windows = pack_documents([[t for line in doc for t in line] for doc in documents_ids],
                              tokenizer.eos_id, seq_len)  # [N, L + 1]
     return [clm_batch(w) for w in windows]
+
+  def pair_example(self, tokenizer, source, target, *, max_len, target_len):
+    """`</s> source [SEP] target </s>` in max_len tokens, scored on the target only (GPT-2
+    Sec 3.7's "TL;DR:"-style conditioning); decoding continues `</s> source [SEP]`."""
+    sep = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+    prompt = [tokenizer.eos_id, *source[:max_len - target_len - 2], sep]
+    answer = [*target[:target_len - 1], tokenizer.eos_id]
+    return seq2seq.lm_example(prompt, answer, max_len, tokenizer.pad_id,
+                              self.reads_prompt_bidirectionally), prompt
+
+  def decoding(self, tokenizer):
+    return {**super().decoding(tokenizer),
+            'bidirectional_prompt': self.reads_prompt_bidirectionally}
 
   def vocab_positions(self, seq_len):
     return min(self.max_predictions, seq_len) if self.max_predictions else None

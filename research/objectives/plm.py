@@ -19,7 +19,7 @@ causal LM, which reads the previous token in its own stream, every bit of contex
 stream gets must come through attention that has learned where to look. With absolute
 positions that is slow: a copy task (rows a a b b ..., fresh each step) is learned in ~200
 steps at 32 tokens and not in 400 at 128, and 1,200 steps of 8 x 128 tokens of Austen leave
-a 4-layer model at the unigram plateau (README, "BART Table 1 ... in miniature").
+a 4-layer model at the unigram plateau (docs/reproductions.md, "BART Table 1 ... in miniature").
 
 Left out, as BART's permuted-LM baseline leaves them out (Lewis et al. 2020, Sec 4.1):
 Transformer-XL's segment recurrence memory and relative positional / segment encodings

@@ -25,6 +25,7 @@ from research.objectives import clm, seq2seq
 class PrefixLM(clm.CausalLM):
   name = 'prefix_lm'
   archs = ('decoder', 'encoder_decoder')
+  reads_prompt_bidirectionally = True
   arch: str = 'decoder'
   decoder_start: str = 'pad'
 

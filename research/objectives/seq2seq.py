@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from research.models.encoder_decoder import frame, start_id
 from research.models.vocab_loss import VocabLoss
 from research.objectives import base, denoising, span_corruption
 
@@ -26,18 +27,6 @@ def shift_right(targets: np.ndarray, start_id: int) -> np.ndarray:
   """Decoder inputs [..., T]: the start token, then the targets but their last token."""
   return np.concatenate([np.full(targets.shape[:-1] + (1,), start_id, targets.dtype),
                          targets[..., :-1]], axis=-1)
-
-
-def start_id(tokenizer, decoder_start: str) -> int:
-  return {'pad': tokenizer.pad_id, 'eos': tokenizer.eos_id}[decoder_start]
-
-
-def frame(tokenizer, ids: Sequence[int], decoder_start: str) -> list[int]:
-  """A source or target text as the family's pretraining framed it: T5 `text </s>`, BART
-  `<s> text </s>` (fairseq's; BART is the family whose decoder starts at eos)."""
-  if decoder_start == 'eos':
-    return [tokenizer.bos_id, *ids, tokenizer.eos_id]
-  return [*ids, tokenizer.eos_id]
 
 
 def lm_example(inputs: Sequence[int], targets: Sequence[int], length: int, pad_id: int,
@@ -78,12 +67,34 @@ def decoder_scores(model, params, batch, rng) -> VocabLoss:
                     vocab_targets=(batch['targets'], batch['weights'])).vocab_loss
 
 
+@dataclasses.dataclass(frozen=True)
 class Seq2SeqLM(base.LanguageModelling):
-  """Teacher-forced cross-entropy of the decoder's next-token predictions."""
+  """Teacher-forced cross-entropy of the decoder's next-token predictions.
+
+  Fine-tuned on (source, target) pairs, the encoder reads the framed source and the decoder
+  writes the framed target from its start token (T5 Sec 2.4, BART Sec 3.4)."""
   archs = ('encoder_decoder',)
+  decoder_start: str = 'pad'
 
   def terms(self, model, params, batch, rng):
     return base.vocab_terms('', decoder_scores(model, params, batch, rng), batch['weights'])
+
+  def pair_example(self, tokenizer, source, target, *, max_len, target_len):
+    """Source cut to max_len and target to target_len tokens, framing (its </s>) kept."""
+    cut = lambda ids, n: ids[:n - 1] + ids[-1:] if len(ids) > n else ids
+    framed_source = cut(frame(tokenizer, source, self.decoder_start), max_len)
+    framed_target = cut(frame(tokenizer, target, self.decoder_start), target_len)
+    row = seq2seq_example(framed_source, framed_target, source_len=max_len,
+                          target_len=target_len, pad_id=tokenizer.pad_id,
+                          start=start_id(tokenizer, self.decoder_start))
+    return row, framed_source
+
+  def target_tokens(self, tokenizer, ids):
+    return len(frame(tokenizer, ids, self.decoder_start))
+
+  def decoding(self, tokenizer):
+    return {**super().decoding(tokenizer),
+            'start_id': start_id(tokenizer, self.decoder_start)}
 
 
 @dataclasses.dataclass(frozen=True)

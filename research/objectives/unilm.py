@@ -75,9 +75,43 @@ class UniLM(mlm.MaskedLM):
 @dataclasses.dataclass(frozen=True)
 class MaskedSeq2Seq(mlm.MaskedLM):
   """UniLM's seq2seq fine-tuning loss (Sec 2.4): masked target tokens under the seq2seq mask
-  (rows from tasks/seq2seq.py; masking per epoch by its `target_masking`)."""
+  (rows by `pair_example`; masking per epoch by `pair_corruptor`)."""
   name = 'masked_seq2seq'
   nsp: bool = False
+  segments: tuple[int, int] = (0, 0)  # segment ids of source and target (seq2seq_segments)
+  target_mask_prob: float = 0.5  # target tokens masked per epoch
 
   def mask_inputs(self, batch):
     return {'mask_kind': 'causal', 'order': batch['order'], 'prefix_len': batch['prefix_len']}
+
+  def pair_example(self, tokenizer, source, target, *, max_len, target_len):
+    """`[CLS] source [SEP] target [SEP]` under the seq2seq mask, the target (and its [SEP])
+    the positions `pair_corruptor` may mask; decoding predicts a [MASK] after the source."""
+    prompt = [tokenizer.cls_id, *source[:max_len - target_len - 2], tokenizer.sep_id]
+    answer = [*target[:target_len - 1], tokenizer.sep_id]
+    ids = np.full(max_len, tokenizer.pad_id, np.int32)
+    ids[:len(prompt) + len(answer)] = prompt + answer
+    positions = np.arange(max_len)
+    row = {'input_ids': ids, 'mlm_targets': ids.copy(),
+           'segment_ids': np.where(positions < len(prompt), *self.segments).astype(np.int32),
+           'attention_mask': (positions < len(prompt) + len(answer)).astype(np.int32),
+           'order': positions.astype(np.int32), 'prefix_len': np.int32(len(prompt)),
+           'mlm_weights': ((positions >= len(prompt))
+                           & (positions < len(prompt) + len(answer))).astype(np.float32)}
+    return row, prompt
+
+  def decoding(self, tokenizer):
+    return {**super().decoding(tokenizer), 'start_id': tokenizer.mask_id,
+            'eos_id': tokenizer.sep_id}
+
+  def pair_corruptor(self, tokenizer):
+    """Each target position (mlm_weights > 0 before masking) replaced by [MASK] with
+    probability target_mask_prob (at least one), weights 1 there (Sec 2.4)."""
+    def corrupt(row, rng):
+      candidates = row['mlm_weights'] > 0
+      chosen = candidates & (rng.random(candidates.shape) < self.target_mask_prob)
+      if candidates.any() and not chosen.any():
+        chosen[rng.choice(np.flatnonzero(candidates))] = True
+      return {**row, 'input_ids': np.where(chosen, tokenizer.mask_id, row['mlm_targets']),
+              'mlm_weights': chosen.astype(np.float32)}
+    return corrupt

@@ -58,6 +58,12 @@ class InputStyle:
                        f'{"gpt" if name == "bert" else "bert"}')
     return cls(name, tokenizer.pad_id, cls_id, sep_id, bos_id)
 
+  @property
+  def reads_pairs_both_orders(self) -> bool:
+    """GPT-1 reads an unordered pair both ways (Sec 3.3 "Similarity"): its causal reading
+    of `A delim B` would otherwise impose an order; BERT's bidirectional one does not."""
+    return self.name == 'gpt'
+
   def num_specials(self, num_segments: int) -> int:
     return num_segments + 1  # BERT: [CLS] + one [SEP] each; GPT: start + delims + extract
 

@@ -40,6 +40,19 @@ class TaskObjective(base.Objective):
   def terms(self, model, params, batch, rng):
     return _terms(self, _outputs(model, params, batch, rng), batch)
 
+  def evaluate(self, model, params, batch):
+    """(loss-term pairs, predictions) from one forward pass: class/choice/tag indices [N] or
+    [N, L], regression values [N], or span start/end logits [N, L]."""
+    outputs = _outputs(model, params, batch, rng=None)
+    logits = masked_logits(self, outputs, batch)
+    if self.task_type == 'span':
+      predictions = {'start': logits['start'], 'end': logits['end']}
+    elif self.task_type == 'regression':
+      predictions = {'value': logits}
+    else:
+      predictions = {'index': jnp.argmax(logits, -1)}
+    return _terms(self, outputs, batch), predictions
+
   def loss_scales(self, batch):
     """Each loss term's factor: 1 / its weight over the whole batch (x lambda for LM)."""
     scales = {'loss': 1.0 / jnp.maximum(jnp.sum(batch['label_weights']), 1.0)}
@@ -76,7 +89,7 @@ def _terms(objective: TaskObjective, outputs, batch) -> dict[str, jax.Array]:
             + base.cross_entropy(logits['end'], batch['end_positions'])) / 2
     terms = {'loss': base.pair(loss * weights, weights)}
   else:  # classification [N, C], multiple choice [N, V], tagging [N, L, C]
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    correct = base.token_correct(logits, labels)  # the target's logit is the largest
     terms = {'loss': base.pair(base.cross_entropy(logits, labels) * weights, weights),
              'accuracy': base.pair(correct * weights, weights)}
   if objective.uses_lm(outputs):
@@ -85,18 +98,3 @@ def _terms(objective: TaskObjective, outputs, batch) -> dict[str, jax.Array]:
     xent = base.cross_entropy(outputs['lm_logits'][:, :-1], ids[:, 1:])  # predict token t+1 from <= t
     terms['lm_loss'] = base.pair(xent * lm_weights, lm_weights)
   return terms
-
-
-def eval_step(params, batch: dict[str, jax.Array], *, model,
-              objective: TaskObjective) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """(loss-term pairs, predictions): class/choice/tag indices [N] or [N, L], regression
-  values [N], or span start/end logits [N, L]."""
-  outputs = _outputs(model, params, batch, rng=None)
-  logits = masked_logits(objective, outputs, batch)
-  if objective.task_type == 'span':
-    predictions = {'start': logits['start'], 'end': logits['end']}
-  elif objective.task_type == 'regression':
-    predictions = {'value': logits}
-  else:
-    predictions = {'index': jnp.argmax(logits, -1)}
-  return _terms(objective, outputs, batch), predictions

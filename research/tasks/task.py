@@ -107,7 +107,8 @@ class Task:
     return scores
 
 
-def _split_list(value: str) -> tuple[str, ...]:
+def split_list(value: str) -> tuple[str, ...]:
+  """The names of a comma-separated config value ('a, b,' -> ('a', 'b'))."""
   return tuple(v.strip() for v in value.split(',') if v.strip())
 
 
@@ -146,8 +147,8 @@ def _read_file(cfg, path: str, split: str, drops: readers.DroppedRows) -> list[E
                                    target_column=cfg.target_column,
                                    require_target=split in ('train', 'dev'))
   return readers.rows_to_examples(
-      rows, path, drops, text_columns=_split_list(cfg.text_columns), label_column=cfg.label_column,
-      choice_columns=_split_list(cfg.choice_columns))
+      rows, path, drops, text_columns=split_list(cfg.text_columns),
+      label_column=cfg.label_column, choice_columns=split_list(cfg.choice_columns))
 
 
 def _infer_labels(values) -> tuple[str, ...]:
@@ -179,10 +180,10 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
                                                                         'classification')
     labels, default_metrics = (), _TYPE_METRICS.get(task_type)
     if task_type == 'classification':
-      labels = (_split_list(cfg.labels) or tuple(map(str, range(cfg.num_labels)))
+      labels = (split_list(cfg.labels) or tuple(map(str, range(cfg.num_labels)))
                 or _infer_labels(e.label for e in splits['train']))
     elif task_type == 'tagging':
-      labels = _split_list(cfg.labels) or _infer_labels(
+      labels = split_list(cfg.labels) or _infer_labels(
           t for e in splits['train'] for t in e.tags or ())
       default_metrics = ('entity_f1',) if metrics_lib.is_bio(labels) else ('accuracy',)
   if task_type not in TASK_TYPES:
@@ -208,7 +209,7 @@ def load_task(cfg: ml_collections.ConfigDict) -> Task:
         examples, cfg.dev_fraction, cfg.dev_seed,
         labels=[e.label for e in examples] if stratify else None)
     splits = {'train': train, 'dev': dev, **splits}
-  task_metrics = _split_list(cfg.metrics) or default_metrics
+  task_metrics = split_list(cfg.metrics) or default_metrics
   bad = [m for m in task_metrics if m not in _ALLOWED_METRICS[task_type]]
   if bad:
     raise ValueError(f'metrics {bad} do not apply to {task_type}; choose from '
