@@ -66,7 +66,11 @@ def test_encoder_decoder_decoding_equals_teacher_forcing(family, temperature):
   the start token + the tokens generated so far. Beam width 1 equals greedy."""
   cfg = ModelConfig(**{**presets.FAMILIES[family], 'vocab_size': 97, 'max_len': 64,
                        'd_model': 32, 'num_layers': 2, 'num_heads': 4, 'd_ff': 64,
-                       'dropout': 0.0, 'attention_dropout': 0.0})
+                       'dropout': 0.0, 'attention_dropout': 0.0,
+                       # The 0.02 init the x4 below was chosen for: Mesh TF's fan-in init
+                       # (T5's default) x4 gives logits of ~35, where float32 rounding alone
+                       # exceeds the 1e-4 tolerance between the two decoding paths.
+                       'init': 'normal'})
   model = EncoderDecoder(cfg)
   ids = jnp.zeros((1, 4), jnp.int32)
   params = jax.tree.map(lambda x: x * 4, jax.jit(lambda: nn.meta.unbox(
