@@ -139,13 +139,16 @@ def rules(cfg: ModelConfig, prefix: str = 'model.') -> list[hf.Rule]:
 
 def load(directory: str) -> hf.Imported:
   """Imports an HF BART directory (BartForConditionalGeneration or the bare BartModel)."""
+  return _load(directory, hf.read_weights(directory))
+
+
+def _load(directory: str, weights: dict[str, np.ndarray]) -> hf.Imported:
   config = hf.read_config(directory)
   cfg = config_from_hf(config, directory)
   tokenizer = HFTokenizer.load_byte_level_bpe(directory, BART_SPECIALS)
   hf.check_vocab_fits(tokenizer.vocab_size, cfg.vocab_size, directory)
   hf.check_special_ids(tokenizer, config, directory, pad_token_id=1, eos_token_id=2,
                        bos_token_id=0)
-  weights = hf.read_weights(directory)
   bias = weights.get('final_logits_bias')
   if bias is not None and np.any(bias):
     raise hf.ConversionError(
@@ -179,14 +182,15 @@ def load_classifier(directory: str) -> tuple[hf.Imported, dict]:
   """Imports an HF `BartForSequenceClassification` directory: the model (as `load`) and its
   classification head as the params of models/task_model.TaskModel's `pooler` and `head`
   (TaskModel(cfg, 'classification', num_labels) then reproduces HF's logits)."""
-  imported = load(directory)
+  weights = hf.read_weights(directory)  # read once: the model's tensors and the head's
+  imported = _load(directory, weights)
   config = hf.read_config(directory)
   num_labels = len(config.get('id2label') or {}) or config.get('num_labels', 3)
   d = imported.cfg.d_model
   template = {'pooler': {'kernel': np.zeros((d, d)), 'bias': np.zeros(d)},
               'head': {'dense': {'kernel': np.zeros((d, num_labels)), 'bias': np.zeros(num_labels)}}}
-  head, absent = hf.apply_rules(hf.read_weights(directory),
-                                classifier_rules(imported.cfg, num_labels), template, directory)
+  head, absent = hf.apply_rules(weights, classifier_rules(imported.cfg, num_labels), template,
+                                directory)
   if absent:
     raise hf.ConversionError(f'{directory}: no classification_head in {hf.WEIGHTS_FILE}; is it '
                              'a BartForSequenceClassification checkpoint?')

@@ -118,15 +118,18 @@ def ngram_positions(candidate_mask: np.ndarray, num_to_predict: int, rng: np.ran
   """
   length = candidate_mask.shape[0]
   chosen = np.zeros(length, bool)
+  count = 0
   for start in rng.permutation(np.flatnonzero(candidate_mask)):
-    if chosen.sum() >= num_to_predict:
+    if count >= num_to_predict:
       break
     if chosen[start]:
       continue
     n = int(rng.integers(2, max_ngram + 1)) if rng.random() < ngram_prob else 1
     span = np.arange(start, min(start + n, length))
-    chosen[span[candidate_mask[span]]] = True
-  if chosen.sum() > num_to_predict:
+    span = span[candidate_mask[span] & ~chosen[span]]
+    chosen[span] = True
+    count += len(span)
+  if count > num_to_predict:
     keep = rng.choice(np.flatnonzero(chosen), num_to_predict, replace=False)
     chosen[:] = False
     chosen[keep] = True
@@ -169,6 +172,12 @@ class MaskedLM(base.Objective):
         short_seq_prob=self.short_seq_prob, use_nsp=self.nsp)
     return [bert_example(a, b, is_random_next, tokenizer, seq_len)
             for a, b, is_random_next in pairs]
+
+  def __post_init__(self):
+    if not 0.0 <= self.ngram_prob <= 1.0 or (self.ngram_prob and self.max_ngram < 2):
+      raise ValueError(f'--config.objective.ngram_prob={self.ngram_prob} with max_ngram='
+                       f'{self.max_ngram}: use a probability in [0, 1] and, when it is above 0, '
+                       'max_ngram >= 2')
 
   def corruptor(self, tokenizer, *, seq_len):
     is_special = np.zeros(tokenizer.vocab_size, bool)  # lookup table [V]
